@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Each creates .venv and installs the project into it when missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXPERIMENT_DIR ?= experiments
+WORKLOAD ?= ogbg_molpcba
+CONFIG ?= small
+PYTEST_ARGS ?=
+
+export PYTHONHASHSEED := 0
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: run test test-slow bench venv data clean study
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(BIN)/kfac-bench build-data --workload=$(WORKLOAD)
+
+run: $(STAMP)
+	$(BIN)/python scripts/run_default.py --workload=$(WORKLOAD) --config=$(CONFIG) --experiment_dir=$(EXPERIMENT_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --durations=15 $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_kfac_step.py
+	$(BIN)/python scripts/bench_expand_vs_reduce.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

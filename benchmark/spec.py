@@ -1,0 +1,398 @@
+"""The AlgoPerf contract: the Workload base class, the submission API types, the submission loader.
+
+Names, members and argument orders follow MLCommons AlgoPerf (algorithmic-efficiency v0.5/v0.6,
+`algoperf/spec.py`) so that a submission written for AlgoPerf's JAX harness runs here unchanged,
+and ours run there. See shared/DESIGN.md section 3.
+
+Additions of ours, all optional for AlgoPerf code:
+  * `Workload.config_name` ('full', 'small', 'tiny'), `Workload.variant_name` and
+    `Workload.eval_period_steps` (small configs evaluate on a step period, for determinism);
+  * `Workload.kfac_model_fn`: the forward pass a K-FAC submission differentiates;
+  * `BenchmarkError`: bad user input, printed as one line by the CLI.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import jax
+
+# -- Types -----------------------------------------------------------------------------------
+
+ParameterContainer = Any  # A pytree of arrays (Flax params dict).
+ModelAuxiliaryState = Any  # e.g. BatchNorm statistics; `None` where a model has none.
+OptimizerState = Any
+Hyperparameters = Any  # A namedtuple / attribute object: `hyperparameters.learning_rate`.
+RandomState = jax.Array
+Batch = Dict[str, Any]  # {'inputs': ..., 'targets': ..., 'weights': ...}
+Timing = float
+Steps = int
+
+
+class BenchmarkError(Exception):
+  """Bad user input or a failed run: the CLI prints its message as one line and exits non-zero."""
+
+
+class LossType(enum.Enum):
+  SOFTMAX_CROSS_ENTROPY = 0
+  SIGMOID_CROSS_ENTROPY = 1
+  MEAN_SQUARED_ERROR = 2
+  CTC_LOSS = 3
+  MEAN_ABSOLUTE_ERROR = 4
+
+
+class ForwardPassMode(enum.Enum):
+  TRAIN = 0
+  EVAL = 1
+
+
+class ParameterType(enum.Enum):
+  WEIGHT = 0
+  BIAS = 1
+  CONV_WEIGHT = 2
+  BATCH_NORM_SCALE = 3
+  BATCH_NORM_BIAS = 4
+  LAYER_NORM_SCALE = 5
+  LAYER_NORM_BIAS = 6
+  EMBEDDING = 7
+  ATTENTION_Q = 8
+  ATTENTION_K = 9
+  ATTENTION_V = 10
+  ATTENTION_OUT = 11
+  ATTENTION_QKV = 12
+  ATTENTION_KV = 13
+  ATTENTION_BIAS = 14
+
+
+# -- Workload -------------------------------------------------------------------------------
+
+
+class Workload(metaclass=abc.ABCMeta):
+  """A model, its data, its loss and its targets, behind the AlgoPerf Workload API.
+
+  Subclasses set `workload_name` and implement the abstract members. The constructor takes the
+  config name (`full` for the AlgoPerf/paper size on real tensorflow-datasets data, `small` for a
+  CPU-sized model on the embedded default data) and the data source.
+
+  Args:
+    config_name: one of `self.config_names`.
+    data_dir: the tensorflow-datasets directory; required when `data_source == 'tfds'`.
+    data_source: `'embedded'` (default data shipped with installed packages, no download) or
+      `'tfds'` (the real data set).
+  """
+
+  workload_name: str = ''
+  config_names: Tuple[str, ...] = ('full', 'small', 'tiny')
+
+  def __init__(self, config_name: str = 'small', data_dir: Optional[str] = None,
+               data_source: Optional[str] = None) -> None:
+    if config_name not in self.config_names:
+      raise BenchmarkError(
+          f'unknown config {config_name!r} for workload {self.workload_name!r}; '
+          f'choose one of {", ".join(self.config_names)}')
+    self.config_name = config_name
+    self.data_dir = data_dir
+    self.data_source = data_source or self.default_data_source(config_name)
+    if self.data_source not in ('embedded', 'tfds'):
+      raise BenchmarkError(
+          f'unknown data source {self.data_source!r}; choose "embedded" or "tfds"')
+    if self.data_source == 'tfds':
+      if not data_dir:
+        raise BenchmarkError(
+            f'workload {self.workload_name!r} with data source "tfds" needs --data_dir')
+      if not os.path.isdir(data_dir):
+        raise BenchmarkError(f'data directory {data_dir!r} does not exist')
+    self._param_shapes = None
+    self._param_types = None
+    self._eval_iters: Dict[str, Any] = {}
+
+  # Identity ----------------------------------------------------------------------------------
+
+  @staticmethod
+  def default_data_source(config_name: str) -> str:
+    """`full` reads the real data set; smaller configs read the embedded default."""
+    return 'tfds' if config_name == 'full' else 'embedded'
+
+  @property
+  def variant_name(self) -> str:
+    """`ogbg_molpcba` for the full config, `ogbg_molpcba_small` etc. otherwise."""
+    if self.config_name == 'full':
+      return self.workload_name
+    return f'{self.workload_name}_{self.config_name}'
+
+  # Targets and budgets ------------------------------------------------------------------------
+
+  @property
+  @abc.abstractmethod
+  def target_metric_name(self) -> str:
+    """The validation metric compared with the target, e.g. `mean_average_precision`."""
+
+  def has_reached_validation_target(self, eval_result: Dict[str, float]) -> bool:
+    value = eval_result[f'validation/{self.target_metric_name}']
+    if self.target_metric_higher_is_better:
+      return value >= self.validation_target_value
+    return value <= self.validation_target_value
+
+  def has_reached_test_target(self, eval_result: Dict[str, float]) -> bool:
+    value = eval_result[f'test/{self.target_metric_name}']
+    if self.target_metric_higher_is_better:
+      return value >= self.test_target_value
+    return value <= self.test_target_value
+
+  @property
+  def target_metric_higher_is_better(self) -> bool:
+    return True
+
+  @property
+  @abc.abstractmethod
+  def validation_target_value(self) -> float:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def test_target_value(self) -> float:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def loss_type(self) -> LossType:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def num_train_examples(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def num_eval_train_examples(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def num_validation_examples(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def num_test_examples(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def eval_batch_size(self) -> int:
+    ...
+
+  @classmethod
+  @abc.abstractmethod
+  def batch_size_of_config(cls, config_name: str) -> int:
+    """The training batch size of a config (what submissions' `get_batch_size` return)."""
+
+  @property
+  def train_batch_size(self) -> int:
+    return self.batch_size_of_config(self.config_name)
+
+  @property
+  @abc.abstractmethod
+  def max_allowed_runtime_sec(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def eval_period_time_sec(self) -> int:
+    ...
+
+  @property
+  def eval_period_steps(self) -> Optional[int]:
+    """Evaluate every this many steps (small configs); `None` means time-based only."""
+    return None
+
+  @property
+  @abc.abstractmethod
+  def step_hint(self) -> int:
+    """The step budget submissions may plan schedules with (AlgoPerf's `step_hint`)."""
+
+  # Parameters ---------------------------------------------------------------------------------
+
+  @property
+  def param_shapes(self):
+    if self._param_shapes is None:
+      raise ValueError('call init_model_fn before reading param_shapes')
+    return self._param_shapes
+
+  @property
+  def model_params_types(self):
+    if self._param_types is None:
+      raise ValueError('call init_model_fn before reading model_params_types')
+    return self._param_types
+
+  @abc.abstractmethod
+  def is_output_params(self, param_key: Tuple[str, ...]) -> bool:
+    """Whether a parameter path belongs to the last (output) layer."""
+
+  # Model, loss, data ------------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def init_model_fn(self, rng: RandomState, dropout_rate: Optional[float] = None
+                    ) -> Tuple[ParameterContainer, ModelAuxiliaryState]:
+    """Returns `(params, model_state)` and sets `param_shapes` / `model_params_types`."""
+
+  @abc.abstractmethod
+  def model_fn(self, params: ParameterContainer, augmented_and_preprocessed_input_batch: Batch,
+               model_state: ModelAuxiliaryState, mode: ForwardPassMode, rng: RandomState,
+               update_batch_norm: bool, dropout_rate: Optional[float] = None
+               ) -> Tuple[jax.Array, ModelAuxiliaryState]:
+    """Returns `(logits, new_model_state)`."""
+
+  @abc.abstractmethod
+  def loss_fn(self, label_batch: jax.Array, logits_batch: jax.Array,
+              mask_batch: Optional[jax.Array] = None,
+              label_smoothing: float = 0.0) -> Dict[str, jax.Array]:
+    """Returns `{'summed', 'n_valid_examples', 'per_example'}`."""
+
+  @abc.abstractmethod
+  def _build_input_queue(self, data_rng: RandomState, split: str, data_dir: Optional[str],
+                         global_batch_size: int, cache: Optional[bool] = None,
+                         repeat_final_dataset: Optional[bool] = None,
+                         num_batches: Optional[int] = None) -> Iterator[Batch]:
+    ...
+
+  def build_input_queue(self, data_rng: RandomState, split: str, data_dir: Optional[str],
+                        global_batch_size: int, cache: Optional[bool] = None,
+                        repeat_final_dataset: Optional[bool] = None,
+                        num_batches: Optional[int] = None) -> Iterator[Batch]:
+    return self._build_input_queue(data_rng, split, data_dir, global_batch_size, cache,
+                                   repeat_final_dataset, num_batches)
+
+  @abc.abstractmethod
+  def _eval_model_on_split(self, split: str, num_examples: int, global_batch_size: int,
+                           params: ParameterContainer, model_state: ModelAuxiliaryState,
+                           rng: RandomState, data_dir: Optional[str],
+                           global_step: int = 0) -> Dict[str, float]:
+    """Metrics (unprefixed: `{'loss': ..., 'mean_average_precision': ...}`) on one split."""
+
+  def eval_model(self, global_batch_size: int, params: ParameterContainer,
+                 model_state: ModelAuxiliaryState, rng: RandomState, data_dir: Optional[str],
+                 imagenet_v2_data_dir: Optional[str] = None,
+                 global_step: int = 0) -> Dict[str, float]:
+    """Evaluates on train (a subset of `num_eval_train_examples`), validation and test.
+
+    Returns a flat dict `{'train/loss': ..., 'validation/<metric>': ..., 'test/<metric>': ...}`.
+    """
+    del imagenet_v2_data_dir
+    results: Dict[str, float] = {}
+    for split, num_examples in (('train', self.num_eval_train_examples),
+                                ('validation', self.num_validation_examples),
+                                ('test', self.num_test_examples)):
+      if num_examples <= 0:
+        continue
+      split_metrics = self._eval_model_on_split(split, num_examples, global_batch_size, params,
+                                                model_state, rng, data_dir, global_step)
+      results.update({f'{split}/{k}': float(v) for k, v in split_metrics.items()})
+    return results
+
+  # K-FAC hook -------------------------------------------------------------------------------
+
+  def kfac_model_fn(self, params: ParameterContainer, batch: Batch,
+                    model_state: ModelAuxiliaryState, rng: RandomState) -> jax.Array:
+    """The training-mode forward pass whose output a K-FAC submission's curvature is built on.
+
+    Default: `model_fn` in TRAIN mode without updating batch-norm statistics.
+    """
+    logits, _ = self.model_fn(params, batch, model_state, ForwardPassMode.TRAIN, rng,
+                              update_batch_norm=False)
+    return logits
+
+  def describe(self) -> Dict[str, Any]:
+    """Facts a user checks before a run (`kfac-bench describe`)."""
+    params, _ = self.init_model_fn(jax.random.PRNGKey(0))
+    leaves = jax.tree_util.tree_leaves(params)
+    return {
+        'workload': self.workload_name,
+        'config': self.config_name,
+        'num_params': int(sum(x.size for x in leaves)),
+        'num_param_arrays': len(leaves),
+        'target_metric_name': self.target_metric_name,
+        'validation_target_value': self.validation_target_value,
+        'test_target_value': self.test_target_value,
+        'step_hint': self.step_hint,
+        'batch_size': self.train_batch_size,
+        'eval_batch_size': self.eval_batch_size,
+        'max_allowed_runtime_sec': self.max_allowed_runtime_sec,
+        'eval_period_time_sec': self.eval_period_time_sec,
+        'eval_period_steps': self.eval_period_steps,
+        'data_source': self.data_source,
+        'data_dir': self.data_dir,
+        'num_train_examples': self.num_train_examples,
+        'num_validation_examples': self.num_validation_examples,
+        'num_test_examples': self.num_test_examples,
+    }
+
+
+# -- Submissions ----------------------------------------------------------------------------
+
+SUBMISSION_FUNCTIONS = ('get_batch_size', 'init_optimizer_state', 'update_params',
+                        'data_selection', 'prepare_for_eval')
+REQUIRED_SUBMISSION_FUNCTIONS = ('get_batch_size', 'init_optimizer_state', 'update_params',
+                                 'data_selection')
+
+
+def load_submission(path_or_module: str) -> types.ModuleType:
+  """Imports a submission by file path (`submissions/ogbg_molpcba/nesterov.py`) or module name
+  (`submissions.ogbg_molpcba.nesterov`) and checks that it defines the submission API.
+
+  `prepare_for_eval` is optional (AlgoPerf v0.6): a module without it gets a pass-through.
+
+  Raises:
+    BenchmarkError: the file or module does not exist, fails to import, or misses a function.
+  """
+  if path_or_module.endswith('.py') or os.sep in path_or_module:
+    path = os.path.abspath(path_or_module)
+    if not os.path.isfile(path):
+      raise BenchmarkError(f'submission file {path_or_module!r} does not exist')
+    name = 'submission_' + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+      sys.modules[name] = module
+      spec.loader.exec_module(module)
+    except Exception as e:  # The user's module: report its failure in one line.
+      raise BenchmarkError(
+          f'submission {path_or_module!r} failed to import: {type(e).__name__}: {e}') from e
+  else:
+    try:
+      module = importlib.import_module(path_or_module)
+    except ModuleNotFoundError as e:
+      raise BenchmarkError(f'submission module {path_or_module!r} not found ({e})') from e
+  missing = [f for f in REQUIRED_SUBMISSION_FUNCTIONS if not callable(getattr(module, f, None))]
+  if missing:
+    raise BenchmarkError(
+        f'submission {path_or_module!r} is missing required function(s): {", ".join(missing)}')
+  if not callable(getattr(module, 'prepare_for_eval', None)):
+    module.prepare_for_eval = _pass_through_prepare_for_eval
+  return module
+
+
+def submission_name(path_or_module: str) -> str:
+  """`submissions/ogbg_molpcba/kfac_reduce.py` or `submissions.ogbg_molpcba.kfac_reduce` ->
+  `kfac_reduce`."""
+  if path_or_module.endswith('.py'):
+    return os.path.splitext(os.path.basename(path_or_module))[0]
+  return path_or_module.rsplit('.', 1)[-1]
+
+
+def _pass_through_prepare_for_eval(workload, current_param_container, current_params_types,
+                                   model_state, hyperparameters, loss_type, optimizer_state,
+                                   eval_results, global_step, rng):
+  del workload, current_params_types, hyperparameters, loss_type, eval_results, global_step, rng
+  return optimizer_state, current_param_container, model_state
+
+
+SubmissionFn = Callable[..., Any]

@@ -1,0 +1,55 @@
+"""The workload registry: name -> Workload class, imported lazily (TensorFlow stays unloaded
+until a workload that needs it is built)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict, Optional, Tuple
+
+from benchmark.spec import BenchmarkError, Workload
+
+# name -> (module, class name)
+WORKLOADS: Dict[str, Tuple[str, str]] = {
+    'ogbg_molpcba': ('workloads.ogbg_molpcba.workload', 'OgbgMolpcbaWorkload'),
+    'imagenet_vit': ('workloads.imagenet_vit.workload', 'ImagenetVitWorkload'),
+    'cifar_wrn': ('workloads.cifar_wrn.workload', 'CifarWrnWorkload'),
+}
+
+
+def split_variant(variant_name: str) -> Tuple[str, str]:
+  """`ogbg_molpcba_small` -> (`ogbg_molpcba`, `small`); `ogbg_molpcba` -> (`ogbg_molpcba`, `full`)."""
+  for name in WORKLOADS:
+    if variant_name == name:
+      return name, 'full'
+    if variant_name.startswith(name + '_'):
+      return name, variant_name[len(name) + 1:]
+  raise BenchmarkError(
+      f'unknown workload {variant_name!r}; choose one of {", ".join(sorted(WORKLOADS))}')
+
+
+def workload_class(name: str):
+  if name not in WORKLOADS:
+    raise BenchmarkError(
+        f'unknown workload {name!r}; choose one of {", ".join(sorted(WORKLOADS))}')
+  module_name, class_name = WORKLOADS[name]
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    raise BenchmarkError(f'workload {name!r} is not available: {e}') from e
+  return getattr(module, class_name)
+
+
+def get_workload(name: str, config_name: str = 'small', data_dir: Optional[str] = None,
+                 data_source: Optional[str] = None) -> Workload:
+  """Builds a workload by name and config (`full`, `small`, `tiny`)."""
+  return workload_class(name)(config_name=config_name, data_dir=data_dir,
+                              data_source=data_source)
+
+
+def default_batch_size(variant_name: str) -> int:
+  """The batch size of a workload variant's config, what submissions' `get_batch_size` return."""
+  name, config_name = split_variant(variant_name)
+  cls = workload_class(name)
+  if config_name not in cls.config_names:
+    raise BenchmarkError(f'unknown config {config_name!r} for workload {name!r}')
+  return cls.batch_size_of_config(config_name)
