@@ -103,15 +103,22 @@ class Workload(metaclass=abc.ABCMeta):
     if self.data_source not in ('embedded', 'tfds'):
       raise BenchmarkError(
           f'unknown data source {self.data_source!r}; choose "embedded" or "tfds"')
-    if self.data_source == 'tfds':
-      if not data_dir:
-        raise BenchmarkError(
-            f'workload {self.workload_name!r} with data source "tfds" needs --data_dir')
-      if not os.path.isdir(data_dir):
-        raise BenchmarkError(f'data directory {data_dir!r} does not exist')
     self._param_shapes = None
     self._param_types = None
     self._eval_iters: Dict[str, Any] = {}
+
+  def check_data_available(self) -> None:
+    """Raises BenchmarkError, naming the problem, when the data source cannot be read.
+
+    Called by the runner before training (not by the constructor, so that `describe` works
+    without data). Subclasses extend it (e.g. the data set's folder inside `data_dir`).
+    """
+    if self.data_source == 'tfds':
+      if not self.data_dir:
+        raise BenchmarkError(
+            f'workload {self.workload_name!r} with data source "tfds" needs --data_dir')
+      if not os.path.isdir(self.data_dir):
+        raise BenchmarkError(f'data directory {self.data_dir!r} does not exist')
 
   # Identity ----------------------------------------------------------------------------------
 

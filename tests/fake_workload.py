@@ -1,0 +1,92 @@
+"""A tiny regression workload for runner tests: its validation metric is a known function of the
+step, and its evaluation can be made slow, so runner semantics are checked independently of any
+training."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmark import spec
+
+
+class FakeWorkload(spec.Workload):
+  """`validation/score = global_step / 100`; `train/loss` is the real loss of the model."""
+
+  workload_name = 'fake'
+  config_names = ('small',)
+
+  def __init__(self, eval_sleep_sec: float = 0.0, target: float = 0.3, eval_period_steps=10,
+               nan_after_step: Optional[int] = None, **kwargs) -> None:
+    super().__init__(config_name='small', **kwargs)
+    self.eval_sleep_sec = eval_sleep_sec
+    self.target = target
+    self._eval_period_steps = eval_period_steps
+    self.nan_after_step = nan_after_step
+    self.model = nn.Dense(1)
+    rng = np.random.RandomState(0)
+    self.x = rng.randn(256, 4).astype(np.float32)
+    self.y = (self.x @ np.array([1.0, -2.0, 0.5, 3.0], np.float32))[:, None]
+
+  target_metric_name = 'score'
+  validation_target_value = property(lambda self: self.target)
+  test_target_value = property(lambda self: self.target)
+  loss_type = spec.LossType.MEAN_SQUARED_ERROR
+  num_train_examples = 256
+  num_eval_train_examples = 256
+  num_validation_examples = 256
+  num_test_examples = 0
+  eval_batch_size = 256
+  max_allowed_runtime_sec = 600
+  eval_period_time_sec = 3600
+  step_hint = 200
+
+  @property
+  def eval_period_steps(self):
+    return self._eval_period_steps
+
+  @classmethod
+  def batch_size_of_config(cls, config_name: str) -> int:
+    return 32
+
+  def is_output_params(self, param_key) -> bool:
+    return True
+
+  def init_model_fn(self, rng, dropout_rate=None):
+    params = self.model.init(rng, jnp.zeros((1, 4)))
+    self._param_shapes = jax.tree_util.tree_map(lambda x: x.shape, params)
+    self._param_types = jax.tree_util.tree_map(lambda x: spec.ParameterType.WEIGHT, params)
+    return params, None
+
+  def model_fn(self, params, batch, model_state, mode, rng, update_batch_norm, dropout_rate=None):
+    return self.model.apply(params, batch['inputs']), model_state
+
+  def loss_fn(self, label_batch, logits_batch, mask_batch=None, label_smoothing=0.0):
+    per_example = 0.5 * jnp.sum((logits_batch - label_batch) ** 2, axis=-1)
+    if self.nan_after_step is not None and self._step >= self.nan_after_step:
+      per_example = per_example * jnp.nan
+    return {'summed': per_example.sum(), 'n_valid_examples': per_example.shape[0],
+            'per_example': per_example}
+
+  _step = 0
+
+  def _build_input_queue(self, data_rng, split, data_dir, global_batch_size, cache=None,
+                         repeat_final_dataset=None, num_batches=None):
+    rng = np.random.RandomState(int(jax.random.randint(data_rng, (), 0, 2**30)))
+    while True:
+      idx = rng.randint(0, len(self.x), global_batch_size)
+      self._step += 1
+      yield {'inputs': self.x[idx], 'targets': self.y[idx], 'weights': np.ones(len(idx))}
+
+  def _eval_model_on_split(self, split, num_examples, global_batch_size, params, model_state, rng,
+                           data_dir, global_step=0):
+    time.sleep(self.eval_sleep_sec)
+    logits, _ = self.model_fn(params, {'inputs': self.x}, None, spec.ForwardPassMode.EVAL, rng,
+                              False)
+    loss = float(self.loss_fn(self.y, logits)['summed']) / len(self.x)
+    return {'loss': loss, 'score': global_step / 100.0}
