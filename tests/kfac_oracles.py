@@ -1,0 +1,196 @@
+"""Independent references for the K-FAC statistics tests: dense GGN blocks and brute-force loops.
+
+Nothing here uses `kfac`: the GGN comes from `jax.jacobian`/`jax.hessian` of the whole model, and
+the brute-force factors from explicit loops over examples, positions and graphs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+LayerPath = Tuple[str, ...]
+
+
+def batch_mean_loss(loss: str, logits: jax.Array, targets: jax.Array,
+                    mask: jax.Array | None = None) -> jax.Array:
+  """`(1/N) sum_n l_n`: `l_n` sums the masked per-entry losses of example n; N counts the
+  examples with any non-zero mask entry (the convention documented in `kfac.losses`)."""
+  if loss == 'softmax_cross_entropy':
+    per_entry = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  elif loss == 'sigmoid_cross_entropy':
+    per_entry = optax.sigmoid_binary_cross_entropy(logits, targets)
+  else:
+    per_entry = 0.5 * (logits - targets) ** 2
+  if mask is None:
+    mask = jnp.ones(per_entry.shape)
+  mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (per_entry.ndim - mask.ndim)),
+                          per_entry.shape)
+  per_entry = jnp.where(mask > 0, per_entry, 0.0) * mask
+  num_valid = jnp.sum(jnp.any(mask.reshape(mask.shape[0], -1) > 0, axis=1))
+  return jnp.sum(per_entry) / num_valid
+
+
+def layer_parameters(params: Any, path: LayerPath) -> jax.Array:
+  """Row-major flattening of `concat([kernel_2d, bias[None]])` (kernel first, bias last)."""
+  module = params['params']
+  for name in path:
+    module = module[name]
+  flat = [module['kernel'].reshape(-1)]
+  if 'bias' in module:
+    flat.append(module['bias'].reshape(-1))
+  return jnp.concatenate(flat)
+
+
+def _with_layer_parameters(params: Any, path: LayerPath, theta: jax.Array) -> Any:
+  """`params` with the kernel (and bias) of `path` replaced by the flat vector `theta`."""
+  module = params['params']
+  for name in path:
+    module = module[name]
+  kernel_size = module['kernel'].size
+  new_module = dict(module, kernel=theta[:kernel_size].reshape(module['kernel'].shape))
+  if 'bias' in module:
+    new_module['bias'] = theta[kernel_size:].reshape(module['bias'].shape)
+
+  def replace(tree, names):
+    if not names:
+      return new_module
+    return dict(tree, **{names[0]: replace(tree[names[0]], names[1:])})
+
+  return dict(params, params=replace(params['params'], path))
+
+
+def exact_ggn_block(apply_fn: Callable, params: Any, inputs: Any, path: LayerPath,
+                    loss_of_output: Callable[[jax.Array], jax.Array]) -> np.ndarray:
+  """`J^T H J` of the batch loss w.r.t. `layer_parameters(params, path)`.
+
+  Args:
+    apply_fn: `apply_fn(params, inputs) -> output`.
+    params, inputs: the model variables and the batch.
+    path: the layer.
+    loss_of_output: the batch loss as a function of the whole output.
+  """
+  theta = layer_parameters(params, path)
+
+  def output_of(theta):
+    return apply_fn(_with_layer_parameters(params, path, theta), inputs)
+
+  output = output_of(theta)
+  jacobian = jax.jacobian(output_of)(theta).reshape(output.size, theta.size)
+  hessian = jax.hessian(loss_of_output)(output).reshape(output.size, output.size)
+  return np.asarray(jacobian.T @ hessian @ jacobian, np.float64)
+
+
+def relative_error(approximation: np.ndarray, reference: np.ndarray) -> float:
+  """`||approximation - reference||_F / ||reference||_F`."""
+  approximation = np.asarray(approximation, np.float64)
+  reference = np.asarray(reference, np.float64)
+  return float(np.linalg.norm(approximation - reference) / np.linalg.norm(reference))
+
+
+def layer_io(apply_fn: Callable, params: Any, inputs: Any,
+             kinds: Tuple[type, ...] = (nn.Dense, nn.DenseGeneral, nn.Conv)
+             ) -> Tuple[jax.Array, Dict[LayerPath, np.ndarray], Dict[LayerPath, np.ndarray]]:
+  """Every layer's input and the Jacobian of the whole output w.r.t. the layer's output.
+
+  Each module of `kinds` must be called once. Returns `(output, inputs, jacobians)` with
+  `jacobians[path]` of shape `[*output.shape, *layer_output.shape]` (dense `jax.jacobian`
+  w.r.t. an additive zero perturbation of the layer's output).
+  """
+  shapes = {}
+
+  def record_shapes(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == '__call__' and isinstance(context.module, kinds):
+      shapes[tuple(context.module.path)] = out.shape
+    return out
+
+  with nn.intercept_methods(record_shapes):
+    jax.eval_shape(apply_fn, params, inputs)
+
+  def forward(perturbations):
+    seen = {}
+
+    def perturb(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      path = tuple(context.module.path)
+      if context.method_name == '__call__' and path in perturbations:
+        seen[path] = args[0]
+        out = out + perturbations[path]
+      return out
+
+    with nn.intercept_methods(perturb):
+      output = apply_fn(params, inputs)
+    return output, seen
+
+  zeros = {path: jnp.zeros(shape) for path, shape in shapes.items()}
+  output, layer_inputs = forward(zeros)
+  jacobians = jax.jacobian(lambda p: forward(p)[0])(zeros)
+  return (output, {k: np.asarray(v, np.float64) for k, v in layer_inputs.items()},
+          {k: np.asarray(v, np.float64) for k, v in jacobians.items()})
+
+
+def output_curvature(loss: str, fisher_type: str, logits: jax.Array, targets: jax.Array,
+                     mask: jax.Array | None = None) -> np.ndarray:
+  """`[N, E, E]`: per example n, the curvature of `l_n / N` w.r.t. its flattened output `f_n`.
+
+  type2: `d^2 L / d f_n^2` of the batch-mean loss `L` (`jax.hessian`); empirical:
+  `(grad l_n)(grad l_n)^T / N = N (d L / d f_n)(d L / d f_n)^T` (`jax.grad`).
+  """
+  num_examples = logits.shape[0]
+  num_valid = float(jnp.sum(jnp.any(
+      (jnp.ones(num_examples) if mask is None else mask).reshape(num_examples, -1) > 0, axis=1)))
+  blocks = []
+  for n in range(num_examples):
+    def loss_of_example(f_n, n=n):
+      return batch_mean_loss(loss, logits.at[n].set(f_n), targets, mask)
+    size = logits[n].size
+    if fisher_type == 'type2':
+      block = jax.hessian(loss_of_example)(logits[n]).reshape(size, size)
+    else:
+      gradient = jax.grad(loss_of_example)(logits[n]).reshape(size)
+      block = num_valid * jnp.outer(gradient, gradient)
+    blocks.append(np.asarray(block, np.float64))
+  return np.stack(blocks)
+
+
+def brute_force_factors(flavour: str, rows: list, jacobians: list, curvature: np.ndarray,
+                        valid: np.ndarray, has_bias: bool) -> Tuple[np.ndarray, np.ndarray]:
+  """K-FAC factors by explicit loops over examples and their rows (positions, nodes, edges).
+
+  Args:
+    flavour: 'expand' or 'reduce'.
+    rows: per example n, its layer inputs `[R_n, P_in]`.
+    jacobians: per example n, `d f_n / d s_n` as `[E, R_n, P_out]`.
+    curvature: `[N, E, E]` from `output_curvature`.
+    valid: `[N]` bools, padding examples False.
+    has_bias: append a ones coordinate to every row.
+  """
+  p_in = rows[0].shape[-1] + int(has_bias)
+  p_out = jacobians[0].shape[-1]
+  a_factor, b_factor = np.zeros((p_in, p_in)), np.zeros((p_out, p_out))
+  num_rows = num_examples = 0
+  for n in range(len(rows)):
+    if not valid[n]:
+      continue
+    a_rows = np.asarray(rows[n], np.float64)
+    if has_bias:
+      a_rows = np.concatenate([a_rows, np.ones((a_rows.shape[0], 1))], axis=1)
+    if flavour == 'expand':
+      for r in range(a_rows.shape[0]):
+        a_factor += np.outer(a_rows[r], a_rows[r])
+        jac = jacobians[n][:, r, :]
+        b_factor += jac.T @ curvature[n] @ jac
+      num_rows += a_rows.shape[0]
+    elif a_rows.shape[0]:
+      mean = a_rows.mean(axis=0)
+      a_factor += np.outer(mean, mean)
+      jac = jacobians[n].sum(axis=1)
+      b_factor += jac.T @ curvature[n] @ jac
+      num_examples += 1
+  return a_factor / (num_rows if flavour == 'expand' else num_examples), b_factor
