@@ -4,7 +4,7 @@
       --submission_path=submissions/ogbg_molpcba/nesterov.py \
       --tuning_search_space=tuning_search_spaces/ogbg_molpcba/nesterov.json \
       --num_tuning_trials=1 --experiment_dir=experiments --experiment_name=demo --rng_seed=0
-  kfac-bench report experiments/demo [--format=json]
+  kfac-bench report experiments/demo [--format=json] [--json_full] [--out=report_dir]
   kfac-bench describe --workload=ogbg_molpcba --config=full --format=json
   kfac-bench build-data --workload=ogbg_molpcba
 
@@ -43,7 +43,10 @@ flags.DEFINE_integer('eval_every_steps', None, 'Evaluate every N steps (default:
 flags.DEFINE_boolean('stop_on_target', True, 'Stop a trial at the first evaluation on target.')
 flags.DEFINE_boolean('overwrite', False, 'Rerun finished trials of this experiment.')
 flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'], 'Output format of report/describe.')
-flags.DEFINE_string('out', None, 'report: folder for the Markdown/HTML/PNG report files.')
+flags.DEFINE_string('out', None, 'report: also write report.md, report.html (self-contained), '
+                    'report.json (the full report) and the PNG plots to this folder.')
+flags.DEFINE_boolean('json_full', False, 'report: print the full report object as JSON (rows, '
+                     'performance profiles, scores, time breakdown, metadata) instead of --format.')
 
 
 def _require(name: str) -> str:
@@ -88,8 +91,12 @@ def cmd_run(args: List[str]) -> int:
 def cmd_report(args: List[str]) -> int:
   from benchmark import report
   if len(args) != 1:
-    raise BenchmarkError('usage: kfac-bench report EXPERIMENT_DIR [--format=json] [--out=DIR]')
-  print(report.render(args[0], FLAGS.format))
+    raise BenchmarkError('usage: kfac-bench report EXPERIMENT_DIR [--format=json] [--json_full] '
+                         '[--out=DIR]')
+  print(report.render(args[0], 'json_full' if FLAGS.json_full else FLAGS.format))
+  if FLAGS.out:
+    paths = report.write_report(args[0], FLAGS.out)
+    print(f'wrote {len(paths)} report files to {FLAGS.out}', file=sys.stderr)
   return 0
 
 

@@ -1,0 +1,193 @@
+"""The report of a synthetic experiment directory: files, numbers, figures and the CLI formats."""
+
+import base64
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from matplotlib import image as mpl_image
+
+from benchmark import report, runner
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+OGBG, CIFAR = 'ogbg_molpcba_small', 'cifar_wrn_small'
+METRICS = {OGBG: ('mean_average_precision', 0.28), CIFAR: ('accuracy', 0.85)}
+
+
+def _write_trial(root, workload, submission, study, trial, *, seconds=None, steps=None,
+                 final_steps=None, status=None, phases=(('plain', 0.01),)):
+  """A finished trial as the runner writes it: hparams, measurements CSV and summary.
+
+  The validation metric climbs linearly to the target at `steps` (or to 90% of it at
+  `final_steps` when the target is missed); a submission second is 0.1 s of step time per step.
+  """
+  metric, target = METRICS[workload]
+  trial_dir = os.path.join(root, workload, submission, f'study_{study}', f'trial_{trial}')
+  os.makedirs(trial_dir)
+  hparams = {'learning_rate': 0.01 * (trial + 1), 'damping': 1e-3 * (study + 1)}
+  last_step = steps or final_steps
+  last_value = target if steps else 0.9 * target
+  seconds_per_step = (seconds / steps) if steps else 0.1
+  evals = [(last_step * k // 4, last_value * k / 4) for k in range(1, 5)]
+  columns = list(runner.FIXED_COLUMNS) + [f'validation/{metric}', 'hyperparameters']
+  with open(os.path.join(trial_dir, runner.MEASUREMENTS_FILE), 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for step, value in evals:
+      writer.writerow([step, step * seconds_per_step, 0.5, 0.01, step * seconds_per_step + 1.0,
+                       value, json.dumps(hparams)])
+  with open(os.path.join(trial_dir, runner.HPARAMS_FILE), 'w') as f:
+    json.dump(hparams, f)
+  submission_time = last_step * seconds_per_step
+  steps_per_phase = {p: last_step // len(phases) for p, _ in phases}
+  split = {'model_init_and_input_pipeline': 2.0, 'optimizer_init': 0.5, 'data_selection': 0.5,
+           'evaluation': 3.0, 'logging': 0.1}
+  for phase, per_step in phases:
+    split[f'compile_and_first_step/{phase}'] = 1.0
+    split[f'steps/{phase}'] = per_step * (steps_per_phase[phase] - 1)
+  summary = {
+      'workload': workload.rsplit('_', 1)[0], 'workload_variant': workload, 'config': 'small',
+      'submission': submission, 'hyperparameters': hparams, 'rng_seed': 1000 * study + trial,
+      'status': status or ('target_reached' if steps else 'budget_exhausted'),
+      'reason': 'non-finite parameters after step 12' if status == 'diverged' else '',
+      'global_steps': last_step, 'num_evals': 4, 'target_metric_name': metric,
+      'validation_target_value': target, 'target_metric_higher_is_better': True,
+      'steps_to_target': steps, 'seconds_to_target': seconds,
+      'final_validation_metric': float('nan') if status == 'diverged' else last_value,
+      'accumulated_submission_time': submission_time, 'total_duration': sum(split.values()),
+      'time_split': split, 'steps_per_phase': steps_per_phase, 'max_runtime_sec': 500.0}
+  with open(os.path.join(trial_dir, runner.SUMMARY_FILE), 'w') as f:
+    json.dump(summary, f)
+
+
+@pytest.fixture(scope='module')
+def experiment(tmp_path_factory):
+  """ogbg: nesterov (one trial diverged), kfac_expand, kfac_reduce; cifar: nesterov, and a
+  kfac_reduce that never reaches the target."""
+  root = str(tmp_path_factory.mktemp('experiments') / 'exp')
+  kfac_phases = (('plain', 0.01), ('statistics+inverse', 0.05))
+  for study, (seconds, steps) in enumerate(((100.0, 1000), (140.0, 1400))):
+    _write_trial(root, OGBG, 'nesterov', study, 1, seconds=seconds + 30, steps=steps + 300)
+    _write_trial(root, OGBG, 'nesterov', study, 2, seconds=seconds, steps=steps)
+  _write_trial(root, OGBG, 'nesterov', 1, 3, final_steps=12, status='diverged')
+  for study, steps in enumerate((400, 560)):
+    _write_trial(root, OGBG, 'kfac_reduce', study, 1, seconds=[50.0, 70.0][study], steps=steps,
+                 phases=kfac_phases)
+    _write_trial(root, OGBG, 'kfac_expand', study, 1, seconds=[90.0, 110.0][study], steps=steps,
+                 phases=(('plain', 0.01), ('statistics+inverse', 0.2)))
+  _write_trial(root, CIFAR, 'nesterov', 0, 1, seconds=30.0, steps=300)
+  _write_trial(root, CIFAR, 'kfac_reduce', 0, 1, final_steps=800, phases=kfac_phases)
+  run = {'date': '2026-11-23T16:00:00+00:00', 'python': '3.12.3', 'jax': '0.10.0',
+         'jaxlib': '0.10.0', 'flax': '0.12.0', 'optax': '0.2.8', 'device_kind': 'cpu',
+         'device_count': 1, 'backend': 'cpu', 'git_commit': 'abc1234', 'git_dirty': False,
+         'workload': 'ogbg_molpcba', 'config': 'small', 'submission': 'nesterov',
+         'num_studies': 2, 'num_tuning_trials': 3, 'rng_seed': 0}
+  with open(os.path.join(root, runner.METADATA_FILE), 'w') as f:
+    json.dump({'runs': [run, dict(run, submission='kfac_reduce', git_commit='def5678')]}, f)
+  return root
+
+
+@pytest.fixture(scope='module')
+def written(experiment, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('report'))
+  return out, report.write_report(experiment, out)
+
+
+def _cells(*values):
+  return ''.join(f'<td>{v}</td>' for v in values)
+
+
+def test_report_numbers(experiment):
+  full = report.build_report(experiment)
+  assert set(full) == {'rows', 'performance_profiles', 'scores', 'expand_vs_reduce',
+                       'time_breakdown', 'metadata'}
+  rows = {(r['workload'], r['submission']): r for r in full['rows']}
+  reduce = rows[(OGBG, 'kfac_reduce')]
+  assert (reduce['seconds_to_target'], reduce['steps_to_target']) == (60.0, 480)
+  assert reduce['seconds_ratio_to_reference'] == pytest.approx(0.5)
+  assert reduce['steps_ratio_to_reference'] == pytest.approx(0.4)
+  assert rows[(OGBG, 'nesterov')]['diverged_or_failed_trials'][0]['trial'] == 'trial_3'
+  assert rows[(CIFAR, 'kfac_reduce')]['seconds_to_target'] is None
+  # Seconds ratios: ogbg nesterov 2, expand 5/3, reduce 1; cifar nesterov 1, others missed.
+  ratios = full['performance_profiles']['seconds']['ratios']
+  assert ratios[CIFAR] == {'kfac_expand': None, 'kfac_reduce': None, 'nesterov': 1.0}
+  assert full['scores']['seconds'] == pytest.approx(
+      {'nesterov': (2 + 3) / 6, 'kfac_reduce': 3 / 6, 'kfac_expand': (4 - 5 / 3) / 6})
+  comparison, = full['expand_vs_reduce']
+  assert comparison['seconds_ratio'] == pytest.approx(0.6) and comparison['steps_ratio'] == 1.0
+  assert comparison['reduce_phase_seconds_per_step'] == pytest.approx(
+      {'plain': 0.01, 'statistics+inverse': 0.05})
+  assert full['metadata']['environment']['git_commit'] == ['abc1234', 'def5678']
+  json.dumps(full, allow_nan=False)
+
+
+def test_written_files_and_html_matches_json(written):
+  out, paths = written
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == sorted(['report.md', 'report.html', 'report.json', 'performance_profiles.png',
+                          f'validation_{OGBG}.png', f'validation_{CIFAR}.png'])
+  pngs = {}
+  for name in names:
+    if name.endswith('.png'):
+      with open(os.path.join(out, name), 'rb') as f:
+        pngs[name] = f.read()
+      assert pngs[name].startswith(PNG_SIGNATURE)
+      height, width, _ = mpl_image.imread(os.path.join(out, name)).shape
+      assert height > 100 and width > 100
+  with open(os.path.join(out, 'report.json')) as f:
+    full = json.load(f)
+  with open(os.path.join(out, 'report.html')) as f:
+    page = f.read()
+
+  # Self-contained: no external references, every figure embedded, identical to its PNG file.
+  assert not re.search(r'(src|href)="(?!data:)', page)
+  embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+  assert sorted(base64.b64decode(e) for e in embedded) == sorted(pngs.values())
+
+  for r in full['rows']:
+    ratio = lambda v: '-' if v is None else f'{v:.3f}'
+    seconds = '-' if r['seconds_to_target'] is None else f'{r["seconds_to_target"]:.2f}'
+    steps = '-' if r['steps_to_target'] is None else f'{r["steps_to_target"]:g}'
+    assert _cells(r['submission'], steps, seconds, ratio(r['steps_ratio_to_reference']),
+                  ratio(r['seconds_ratio_to_reference'])) in page
+  assert _cells('kfac_reduce', '480', '60.00', '0.400', '0.500') in page
+  for submission, score in full['scores']['seconds'].items():
+    assert _cells(submission, f'{score:.3f}', f'{full["scores"]["steps"][submission]:.3f}') in page
+  assert _cells('nesterov', '0.833') in page  # (2 + 3) / 6 by hand
+  assert _cells(OGBG, 'nesterov', '1', 'trial_3', 'diverged', '12',
+                'non-finite parameters after step 12') in page
+  assert 'statistics+inverse' in page and 'abc1234, def5678' in page
+
+  with open(os.path.join(out, 'report.md')) as f:
+    markdown = f.read()
+  assert '![performance profiles](performance_profiles.png)' in markdown
+  assert '| kfac_reduce | 480 | 60.00 | 0.400 | 0.500 |' in markdown
+
+
+def test_render_json_is_list_of_rows(experiment):
+  rows = json.loads(report.render(experiment, 'json'))
+  assert isinstance(rows, list) and len(rows) == 5
+  for key in ('workload', 'submission', 'steps_to_target', 'seconds_to_target',
+              'final_validation_metric', 'trials', 'reference_submission',
+              'steps_ratio_to_reference', 'seconds_ratio_to_reference'):
+    assert key in rows[0]
+  assert report.render(experiment).startswith('# K-FAC benchmark report')
+
+
+def test_cli_report_formats_and_out(experiment, tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
+  command = [sys.executable, '-m', 'benchmark.cli', 'report', experiment]
+  result = subprocess.run(command + ['--format=json', f'--out={tmp_path}'], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert isinstance(json.loads(result.stdout), list)
+  assert os.path.isfile(tmp_path / 'report.html') and os.path.isfile(tmp_path / 'report.json')
+  result = subprocess.run(command + ['--json_full'], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)['scores']['seconds']['nesterov'] == pytest.approx(5 / 6)
