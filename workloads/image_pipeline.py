@@ -1,0 +1,154 @@
+"""Batching shared by the image workloads: seeds, numpy batch streams, eval padding, tfds access.
+
+Batches are dicts of numpy arrays: `inputs` `[B, H, W, 3]` float32, `targets` `[B]` int32 and
+`weights` `[B]` float32 (1 for real examples, 0 for padding). Training streams repeat and
+reshuffle forever and never pad; evaluation streams go through a split once and pad the final
+partial batch with zero images whose weight is 0.
+
+TensorFlow and tensorflow-datasets are imported inside the functions that need them, so the
+embedded path never loads them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, Tuple
+
+import jax
+import numpy as np
+
+from benchmark import spec
+
+Batch = Dict[str, np.ndarray]
+
+
+def seed_from_rng(rng: spec.RandomState) -> int:
+  """A non-negative 31-bit integer seed drawn deterministically from a JAX key (raw or typed)."""
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  words = np.asarray(rng, dtype=np.uint32).reshape(-1)
+  return int(np.random.default_rng(words.tolist()).integers(0, 2**31 - 1))
+
+
+def with_weights(inputs: np.ndarray, targets: np.ndarray) -> Batch:
+  """A full batch: float32 inputs, int32 targets, all weights 1."""
+  return {'inputs': np.asarray(inputs, np.float32), 'targets': np.asarray(targets, np.int32),
+          'weights': np.ones(len(targets), np.float32)}
+
+
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
+  """Pads every array of a batch with zeros up to `batch_size` rows; padding rows get weight 0.
+
+  Args:
+    batch: `inputs`, `targets` and optionally `weights` with `n <= batch_size` rows.
+    batch_size: the padded size.
+
+  Returns:
+    The batch with `batch_size` rows and `weights` `[batch_size]` float32.
+  """
+  num = len(batch['targets'])
+  if num > batch_size:
+    raise ValueError(f'a batch of {num} examples does not fit in {batch_size}')
+  batch = dict(batch)
+  batch.setdefault('weights', np.ones(num, np.float32))
+  return {key: np.concatenate([value, np.zeros((batch_size - num,) + value.shape[1:],
+                                               value.dtype)])
+          for key, value in batch.items()}
+
+
+def shuffled_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int,
+                     seed: int) -> Iterator[Batch]:
+  """Endless training batches from in-memory arrays.
+
+  The examples are visited in a fresh seeded permutation each epoch; the epochs are
+  concatenated and cut into consecutive batches, so every batch is full and every example is
+  seen once per epoch.
+  """
+  generator = np.random.default_rng(seed)
+  order = np.zeros(0, dtype=np.int64)
+  while True:
+    while len(order) < batch_size:
+      order = np.concatenate([order, generator.permutation(len(targets))])
+    indices, order = order[:batch_size], order[batch_size:]
+    yield with_weights(inputs[indices], targets[indices])
+
+
+class PaddedBatches:
+  """One pass over in-memory arrays in order, the last partial batch padded (re-iterable)."""
+
+  def __init__(self, inputs: np.ndarray, targets: np.ndarray, batch_size: int) -> None:
+    self.inputs = inputs
+    self.targets = targets
+    self.batch_size = batch_size
+
+  def __iter__(self) -> Iterator[Batch]:
+    for start in range(0, len(self.targets), self.batch_size):
+      stop = start + self.batch_size
+      yield pad_batch(with_weights(self.inputs[start:stop], self.targets[start:stop]),
+                      self.batch_size)
+
+
+class PaddedTfBatches:
+  """One pass over a batched `tf.data.Dataset` of `{'inputs', 'targets'}` as padded numpy
+  batches (re-iterable: each pass re-runs the dataset, from its cache when it has one)."""
+
+  def __init__(self, dataset: Any, batch_size: int) -> None:
+    self.dataset = dataset
+    self.batch_size = batch_size
+
+  def __iter__(self) -> Iterator[Batch]:
+    for batch in self.dataset.as_numpy_iterator():
+      yield pad_batch(with_weights(batch['inputs'], batch['targets']), self.batch_size)
+
+
+def tf_batches(dataset: Any) -> Iterator[Batch]:
+  """Full numpy batches (all weights 1) from a batched `tf.data.Dataset` of
+  `{'inputs', 'targets'}`."""
+  for batch in dataset.as_numpy_iterator():
+    yield with_weights(batch['inputs'], batch['targets'])
+
+
+def tfds_builder(name: str, data_dir: str) -> Any:
+  """The tensorflow-datasets builder of `name` (e.g. `cifar10:3.0.2`) under `data_dir`.
+
+  Raises:
+    BenchmarkError: the data set is not prepared there: `<data_dir>/<name>/<version>/`
+      (tfds's layout) has no `dataset_info.json`.
+  """
+  path = os.path.join(data_dir, *name.replace(':', '/').split('/'))
+  if not os.path.isfile(os.path.join(path, 'dataset_info.json')):
+    raise spec.BenchmarkError(
+        f'tensorflow-datasets data set {name!r} is not prepared under {data_dir!r} (no '
+        f'{os.path.join(path, "dataset_info.json")}); prepare it with `tfds build '
+        f'{name.split(":")[0]} --data_dir={data_dir}` (ImageNet needs its manual download '
+        f'first) or pass the --data_dir that holds it')
+  import tensorflow_datasets as tfds
+
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def tf_dataset_options(dataset: Any) -> Any:
+  """Deterministic element order for parallel maps (the default, made explicit)."""
+  import tensorflow as tf
+
+  options = tf.data.Options()
+  options.deterministic = True
+  return dataset.with_options(options)
+
+
+def tf_seed_pair(seed: int, index: Any) -> Any:
+  """A stateless TF seed `[2]` int64 unique to (`seed`, example `index`)."""
+  import tensorflow as tf
+
+  return tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, 0], dtype=tf.int64), tf.cast(index, tf.int64))
+
+
+def tf_normalize(image: Any, mean: Tuple[float, float, float],
+                 std: Tuple[float, float, float]) -> Any:
+  """`(image - mean) / std` per channel, float32; `image` `[H, W, 3]` on the scale of `mean`."""
+  import tensorflow as tf
+
+  image = tf.cast(image, tf.float32)
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+

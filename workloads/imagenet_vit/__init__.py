@@ -1,0 +1,1 @@
+"""ImageNet ViT workload (AlgoPerf `imagenet_vit`)."""
