@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 Curve = Dict[str, List[float]]  # {'steps': [...], 'seconds': [...], 'values': [...]}
+LINE_STYLES = ('-', '--', '-.', ':')  # Profiles often coincide: styles keep every line visible.
 
 
 def _png(figure: Figure) -> bytes:
@@ -35,8 +36,9 @@ def performance_profiles_png(taus: Dict[str, Sequence[float]],
   figure = Figure(figsize=(5.5 * len(taus), 4.0))
   for i, measure in enumerate(taus):
     axes = figure.add_subplot(1, len(taus), i + 1)
-    for submission, values in rho[measure].items():
-      axes.plot(taus[measure], values, drawstyle='steps-post', label=submission, linewidth=2)
+    for j, (submission, values) in enumerate(rho[measure].items()):
+      axes.plot(taus[measure], values, drawstyle='steps-post', label=submission, linewidth=2,
+                alpha=0.85, linestyle=LINE_STYLES[j % len(LINE_STYLES)])
     axes.set_xlim(1.0, max_ratio)
     axes.set_ylim(-0.02, 1.05)
     axes.set_xlabel(f'tau (ratio to the best {measure} to target)')
@@ -57,7 +59,8 @@ def validation_curves_png(workload: str, curves: Dict[str, Curve], metric_name: 
     metric_name: the validation metric's name, for the y axis.
     target: the validation target, drawn as a horizontal dashed line (None: not drawn).
   """
-  figure = Figure(figsize=(11.0, 4.0))
+  figure = Figure(figsize=(11.0, 4.3))
+  figure.suptitle(f'{workload}: validation/{metric_name}')
   for i, (x_key, x_label) in enumerate((('steps', 'global step'),
                                         ('seconds', 'submission time (s)'))):
     axes = figure.add_subplot(1, 2, i + 1)
@@ -67,7 +70,7 @@ def validation_curves_png(workload: str, curves: Dict[str, Curve], metric_name: 
       axes.axhline(target, color='black', linestyle='--', linewidth=1, label=f'target {target:g}')
     axes.set_xlabel(x_label)
     axes.set_ylabel(f'validation/{metric_name}')
-    axes.set_title(f'{workload}: validation/{metric_name} vs {x_key}')
+    axes.set_title(f'against {x_key}')
     axes.grid(alpha=0.3)
     axes.legend(loc='best', fontsize='small')
   return _png(figure)

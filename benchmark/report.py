@@ -144,20 +144,17 @@ def plot_images(report: Dict[str, Any], summaries: List[scoring.Summary]) -> Dic
       {m: profiles[m]['taus'] for m in MEASURES}, {m: profiles[m]['rho'] for m in MEASURES},
       profiles['max_ratio'])}
   groups = scoring.group_trials(summaries)
-  for row in report['rows']:
-    name = _curves_image(row['workload'])
-    if name in images:
-      continue
+  for workload in sorted({r['workload'] for r in report['rows']}):
+    rows = [r for r in report['rows'] if r['workload'] == workload]
     curves = {}
-    for r in (r for r in report['rows'] if r['workload'] == row['workload']):
-      trials = [t for ts in groups[(r['workload'], r['submission'])].values() for t in ts]
-      trial = scoring.representative_trial(trials)
+    for row in rows:
+      trial = scoring.representative_trial(
+          [t for ts in groups[(workload, row['submission'])].values() for t in ts])
       curve = read_validation_curve(trial) if trial else None
       if curve:
-        curves[f'{r["submission"]} (study {trial["study"]} {scoring.trial_name(trial)})'] = curve
-    images[name] = plots.validation_curves_png(row['workload'], curves,
-                                               row['target_metric_name'],
-                                               row['validation_target_value'])
+        curves[f'{row["submission"]} (study {trial["study"]} {scoring.trial_name(trial)})'] = curve
+    images[_curves_image(workload)] = plots.validation_curves_png(
+        workload, curves, rows[0]['target_metric_name'], rows[0]['validation_target_value'])
   return images
 
 
@@ -220,10 +217,11 @@ def _performance_ratio(value: Optional[float]) -> str:
 
 
 def _reference_label(rows: List[Dict[str, Any]]) -> str:
+  """The reference of one workload's ratio columns: nesterov, best (<name>) or none."""
   name = rows[0]['reference_submission']
   if name is None:
-    return 'none (no submission reached the target)'
-  return name if name == scoring.REFERENCE_SUBMISSION else f'best: {name}'
+    return 'none'
+  return name if name == scoring.REFERENCE_SUBMISSION else f'best ({name})'
 
 
 def _leaderboard_blocks(rows: List[Dict[str, Any]]) -> List[Block]:
@@ -237,7 +235,9 @@ def _leaderboard_blocks(rows: List[Dict[str, Any]]) -> List[Block]:
     reference = _reference_label(workload_rows)
     metric = workload_rows[0]['target_metric_name']
     blocks += [Heading(3, workload), Paragraph(
-        f'Target: validation/{metric} {_num(workload_rows[0]["validation_target_value"], "g")}.'),
+        f'Target: validation/{metric} {_num(workload_rows[0]["validation_target_value"], "g")}. '
+        + ('No submission reached the target: no ratios.' if reference == 'none'
+           else f'Ratios are to {reference}.')),
         Table(['submission', 'steps to target', 'seconds to target',
                f'steps ratio to {reference}', f'seconds ratio to {reference}',
                f'final validation/{metric}', 'trials reached / run', 'studies reached / run',
