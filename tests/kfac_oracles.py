@@ -36,11 +36,17 @@ def batch_mean_loss(loss: str, logits: jax.Array, targets: jax.Array,
   return jnp.sum(per_entry) / num_valid
 
 
-def layer_parameters(params: Any, path: LayerPath) -> jax.Array:
-  """Row-major flattening of `concat([kernel_2d, bias[None]])` (kernel first, bias last)."""
+def module_params(params: Any, path: LayerPath) -> Dict[str, jax.Array]:
+  """The parameters of the module at `path`."""
   module = params['params']
   for name in path:
     module = module[name]
+  return module
+
+
+def layer_parameters(params: Any, path: LayerPath) -> jax.Array:
+  """Row-major flattening of `concat([kernel_2d, bias[None]])` (kernel first, bias last)."""
+  module = module_params(params, path)
   flat = [module['kernel'].reshape(-1)]
   if 'bias' in module:
     flat.append(module['bias'].reshape(-1))
@@ -49,9 +55,7 @@ def layer_parameters(params: Any, path: LayerPath) -> jax.Array:
 
 def _with_layer_parameters(params: Any, path: LayerPath, theta: jax.Array) -> Any:
   """`params` with the kernel (and bias) of `path` replaced by the flat vector `theta`."""
-  module = params['params']
-  for name in path:
-    module = module[name]
+  module = module_params(params, path)
   kernel_size = module['kernel'].size
   new_module = dict(module, kernel=theta[:kernel_size].reshape(module['kernel'].shape))
   if 'bias' in module:
@@ -128,9 +132,12 @@ def layer_io(apply_fn: Callable, params: Any, inputs: Any,
       output = apply_fn(params, inputs)
     return output, seen
 
-  zeros = {path: jnp.zeros(shape) for path, shape in shapes.items()}
-  output, layer_inputs = forward(zeros)
-  jacobians = jax.jacobian(lambda p: forward(p)[0])(zeros)
+  @jax.jit
+  def io(zeros):
+    output, layer_inputs = forward(zeros)
+    return output, layer_inputs, jax.jacobian(lambda p: forward(p)[0])(zeros)
+
+  output, layer_inputs, jacobians = io({path: jnp.zeros(shape) for path, shape in shapes.items()})
   return (output, {k: np.asarray(v, np.float64) for k, v in layer_inputs.items()},
           {k: np.asarray(v, np.float64) for k, v in jacobians.items()})
 
@@ -139,24 +146,26 @@ def output_curvature(loss: str, fisher_type: str, logits: jax.Array, targets: ja
                      mask: jax.Array | None = None) -> np.ndarray:
   """`[N, E, E]`: per example n, the curvature of `l_n / N` w.r.t. its flattened output `f_n`.
 
-  type2: `d^2 L / d f_n^2` of the batch-mean loss `L` (`jax.hessian`); empirical:
+  type2: the diagonal blocks of `d^2 L / d f^2` for the batch-mean loss `L` (`jax.hessian`; `L`
+  is a sum over examples, so the blocks are the per-example Hessians); empirical:
   `(grad l_n)(grad l_n)^T / N = N (d L / d f_n)(d L / d f_n)^T` (`jax.grad`).
   """
   num_examples = logits.shape[0]
-  num_valid = float(jnp.sum(jnp.any(
-      (jnp.ones(num_examples) if mask is None else mask).reshape(num_examples, -1) > 0, axis=1)))
-  blocks = []
-  for n in range(num_examples):
-    def loss_of_example(f_n, n=n):
-      return batch_mean_loss(loss, logits.at[n].set(f_n), targets, mask)
-    size = logits[n].size
+  size = logits[0].size
+
+  @jax.jit
+  def curvature(logits):
+    def loss_of(f):
+      return batch_mean_loss(loss, f, targets, mask)
     if fisher_type == 'type2':
-      block = jax.hessian(loss_of_example)(logits[n]).reshape(size, size)
-    else:
-      gradient = jax.grad(loss_of_example)(logits[n]).reshape(size)
-      block = num_valid * jnp.outer(gradient, gradient)
-    blocks.append(np.asarray(block, np.float64))
-  return np.stack(blocks)
+      hessian = jax.hessian(loss_of)(logits).reshape(num_examples, size, num_examples, size)
+      return jnp.stack([hessian[n, :, n, :] for n in range(num_examples)])
+    num_valid = jnp.sum(jnp.any(
+        (jnp.ones(num_examples) if mask is None else mask).reshape(num_examples, -1) > 0, axis=1))
+    gradient = jax.grad(loss_of)(logits).reshape(num_examples, size)
+    return num_valid * jnp.einsum('ni,nj->nij', gradient, gradient)
+
+  return np.asarray(curvature(jnp.asarray(logits)), np.float64)
 
 
 def brute_force_factors(flavour: str, rows: list, jacobians: list, curvature: np.ndarray,

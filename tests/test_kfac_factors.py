@@ -87,3 +87,144 @@ def test_single_example_mlp_is_exact(loss):
   for flavour in ('expand', 'reduce'):
     errors = _kronecker_errors(MLP(), x, loss, targets, flavour)
     assert max(errors.values()) < 1e-5, (flavour, errors)
+
+
+# -- Brute force: convolutions, attention projections, graph layers ------------------------------
+
+
+def _jitted_factors(model, params, inputs, targets, mask=None, rng=None, **config):
+  compute = jax.jit(functools.partial(kfac.compute_factors, model.apply, **config))
+  return compute(params, inputs, targets, mask=mask, rng=rng)
+
+
+def _assert_matches_brute_force(model, params, inputs, targets, loss, examples_of, mask=None,
+                                fisher_types=('type2', 'empirical')):
+  """compute_factors == brute-force loops, for both flavours and the given Fisher types.
+
+  `examples_of(path, layer_input, jacobian, p_out)` returns, per example n, its rows `[R_n, P_in]` and
+  `d f_n / d s` restricted to them, `[E, R_n, P_out]`; `jacobian` is `[N, E, *layer_output]`.
+  """
+  output, layer_inputs, jacobians = oracles.layer_io(model.apply, params, inputs)
+  num_examples = output.shape[0]
+  valid = np.ones(num_examples, bool) if mask is None else np.any(
+      np.asarray(mask).reshape(num_examples, -1) > 0, axis=1)
+  for fisher_type in fisher_types:
+    curvature = oracles.output_curvature(loss, fisher_type, output, targets, mask)
+    for flavour in ('expand', 'reduce'):
+      factors = _jitted_factors(model, params, inputs, targets, mask=mask, loss=loss,
+                                flavour=flavour, fisher_type=fisher_type)
+      assert set(factors) == set(layer_inputs)
+      for path, (a_factor, b_factor) in factors.items():
+        jacobian = jacobians[path]
+        jacobian = jacobian.reshape((num_examples, -1) + jacobian.shape[output.ndim:])
+        rows, example_jacobians = examples_of(path, layer_inputs[path], jacobian,
+                                               b_factor.shape[0])
+        has_bias = 'bias' in oracles.module_params(params, path)
+        a_ref, b_ref = oracles.brute_force_factors(flavour, rows, example_jacobians, curvature,
+                                                   valid, has_bias)
+        context = (fisher_type, flavour, path)
+        np.testing.assert_allclose(a_factor, a_ref, rtol=1e-4, atol=1e-5, err_msg=str(context))
+        np.testing.assert_allclose(b_factor, b_ref, rtol=1e-4, atol=1e-6, err_msg=str(context))
+
+
+def _sequence_examples(path, layer_input, jacobian, p_out):
+  """Rows of example n: its positions (the contracted input axes are the last ones)."""
+  del path
+  rows, jacobians = [], []
+  for n in range(layer_input.shape[0]):
+    jac = jacobian[n][:, n]  # [E, R..., output features...]
+    jac = jac.reshape(jac.shape[0], -1, p_out)
+    rows.append(layer_input[n].reshape(jac.shape[1], -1))
+    jacobians.append(jac)
+  return rows, jacobians
+
+
+class TinyTransformer(nn.Module):
+  """Pre-LN transformer block (multi-head self-attention + MLP), mean pool, classifier."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=4)(nn.LayerNorm()(x))
+    x = x + h
+    h = nn.gelu(nn.Dense(6)(nn.LayerNorm()(x)))
+    x = x + nn.Dense(x.shape[-1])(h)
+    return nn.Dense(3)(x.mean(axis=1))
+
+
+def test_attention_projections_match_brute_force():
+  """q/k/v/out DenseGeneral projections and MLP Dense layers of a transformer block."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4))
+  model = TinyTransformer()
+  params = model.init(jax.random.key(1), x)
+  targets = jnp.array([0, 2])
+  _assert_matches_brute_force(model, params, x, targets, 'softmax_cross_entropy',
+                              _sequence_examples)
+
+
+def _same_padding(size, kernel, stride, dilation):
+  """XLA's 'SAME' padding `(lo, hi)` of one spatial dimension."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+  return total // 2, total - total // 2
+
+
+def _numpy_patches(image, kernel_size, strides, padding, dilation):
+  """im2col by explicit loops: `[H', W', C]` image -> `[H' * W', kh * kw * C]`, (kh, kw, c)."""
+  if padding == 'SAME':
+    padding = [_same_padding(image.shape[d], kernel_size[d], strides[d], dilation[d])
+               for d in range(2)]
+  padded = np.pad(image, (tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  extent = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+  out_shape = [(padded.shape[d] - extent[d]) // strides[d] + 1 for d in range(2)]
+  patches = []
+  for i in range(out_shape[0]):
+    for j in range(out_shape[1]):
+      patches.append(np.concatenate([
+          padded[i * strides[0] + u * dilation[0], j * strides[1] + v * dilation[1]]
+          for u in range(kernel_size[0]) for v in range(kernel_size[1])]))
+  return np.stack(patches)
+
+
+CONV_CONFIGS = {
+    'stride2_same': dict(kernel_size=(3, 2), strides=(2, 2), padding='SAME',
+                         kernel_dilation=(1, 1)),
+    'explicit_padding_dilation': dict(kernel_size=(2, 3), strides=(1, 2),
+                                      padding=((1, 2), (0, 1)), kernel_dilation=(2, 1)),
+}
+
+
+class ConvNet(nn.Module):
+  """Conv (the configuration under test) -> tanh -> 2x2 VALID conv -> mean pool -> Dense."""
+
+  config: dict
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(nn.Conv(3, **self.config)(x))
+    x = nn.Conv(2, (2, 2), padding='VALID', use_bias=False)(x)
+    return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize('name', sorted(CONV_CONFIGS))
+def test_convolution_matches_brute_force(name):
+  """Conv factors (patches in HWIO order, any stride/padding/dilation) vs loops over output
+  locations and patches."""
+  config = CONV_CONFIGS[name]
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 2))
+  model = ConvNet(config)
+  params = model.init(jax.random.key(1), x)
+  geometry = {('Conv_0',): config,
+              ('Conv_1',): dict(kernel_size=(2, 2), strides=(1, 1), padding=((0, 0), (0, 0)),
+                                kernel_dilation=(1, 1))}
+
+  def examples_of(path, layer_input, jacobian, p_out):
+    if path not in geometry:
+      return _sequence_examples(path, layer_input, jacobian, p_out)
+    cfg = geometry[path]
+    rows = [_numpy_patches(image, cfg['kernel_size'], cfg['strides'], cfg['padding'],
+                           cfg['kernel_dilation']) for image in layer_input]
+    return rows, [jacobian[n][:, n].reshape(jacobian.shape[1], -1, p_out)
+                  for n in range(layer_input.shape[0])]
+
+  _assert_matches_brute_force(model, params, x, jnp.array([1, 2]), 'softmax_cross_entropy',
+                              examples_of)
