@@ -104,7 +104,8 @@ class LayerInfo(NamedTuple):
     kind: `'dense'`, `'dense_general'` or `'conv'`.
     kernel_path, bias_path: paths of the parameters inside the `'params'` collection
       (`path + ('kernel',)`, `path + ('bias',)`); `bias_path` is None without a bias.
-    kernel_shape: the kernel's shape.
+    kernel_shape, bias_shape: the parameters' shapes (`bias_shape` None without a bias;
+      DenseGeneral's bias has the shape of its `features`).
     p_in, p_out: the kernel's matrix shape; `A` has side `p_in + 1` when `has_bias`.
     has_bias: whether the layer has a bias (its ones coordinate is the last one of `A`).
     calls: one `LayerCall` per call in a forward pass (several for a shared module).
@@ -116,6 +117,7 @@ class LayerInfo(NamedTuple):
   kernel_path: ParamPath
   bias_path: Optional[ParamPath]
   kernel_shape: Tuple[int, ...]
+  bias_shape: Optional[Tuple[int, ...]]
   p_in: int
   p_out: int
   has_bias: bool
@@ -148,7 +150,7 @@ class _TracedCall(NamedTuple):
   output_shape: Tuple[int, ...]
   contracted_axes: Tuple[int, ...]
   kernel_shape: Tuple[int, ...]
-  has_bias: bool
+  bias_shape: Optional[Tuple[int, ...]]
   conv: Optional[ConvGeometry]
 
 
@@ -182,7 +184,7 @@ def split_kernel_matrix(info: LayerInfo, matrix: jax.Array) -> Tuple[jax.Array, 
   kernel = matrix[:info.p_in].reshape(info.kernel_shape)
   if not info.has_bias:
     return kernel, None
-  return kernel, matrix[info.p_in].reshape(info.p_out)
+  return kernel, matrix[info.p_in].reshape(info.bias_shape)
 
 
 def _layer_input(args: Sequence[Any], kwargs: Mapping[str, Any]) -> jax.Array:
@@ -253,10 +255,11 @@ def _classify_call(module: nn.Module, x: jax.Array, out: jax.Array) -> Optional[
     reason = 'input has no row axis'
   variables = module.variables.get('params', {})
   kernel_shape = tuple(variables['kernel'].shape) if 'kernel' in variables else ()
+  bias_shape = tuple(variables['bias'].shape) if 'bias' in variables else None
   return _TracedCall(path=tuple(module.path), kind=kind, uncovered_reason=reason,
                      input_shape=tuple(x.shape), output_shape=tuple(out.shape),
                      contracted_axes=contracted, kernel_shape=kernel_shape,
-                     has_bias='bias' in variables, conv=conv)
+                     bias_shape=bias_shape, conv=conv)
 
 
 def _trace_modules(apply_fn: Callable[[Any, Any], jax.Array], params: Any,
@@ -391,9 +394,10 @@ def layer_report(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inputs:
       p_in *= int(np.prod(first.conv.kernel_size))
     p_out = int(np.prod(first.kernel_shape)) // p_in
     layers[path] = LayerInfo(path=path, kind=first.kind, kernel_path=path + ('kernel',),
-                             bias_path=path + ('bias',) if first.has_bias else None,
-                             kernel_shape=first.kernel_shape, p_in=p_in, p_out=p_out,
-                             has_bias=first.has_bias, calls=tuple(layer_calls), conv=first.conv)
+                             bias_path=None if first.bias_shape is None else path + ('bias',),
+                             kernel_shape=first.kernel_shape, bias_shape=first.bias_shape,
+                             p_in=p_in, p_out=p_out, has_bias=first.bias_shape is not None,
+                             calls=tuple(layer_calls), conv=first.conv)
   uncovered = {}
   leaves = jax.tree_util.tree_leaves_with_path(param_collection(params))
   for key_path, _ in leaves:
