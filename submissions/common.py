@@ -70,6 +70,12 @@ class TrainState(NamedTuple):
   train_step: Callable
 
 
+# `optimizer_fn(model_state, rng)` builds the submission's optimiser for one step. Optax
+# transformations are pure, so building one inside the traced step is free; it lets K-FAC's
+# statistics pass close over the step's model state (BatchNorm) and dropout rng.
+OptimizerFn = Callable[[Any, jax.Array], optax.GradientTransformation]
+
+
 def mean_loss(workload: Workload, params, batch: Dict[str, Any], model_state, rng: jax.Array,
               label_smoothing: float):
   """The training objective: the workload's loss summed over valid entries / their number."""
@@ -80,9 +86,8 @@ def mean_loss(workload: Workload, params, batch: Dict[str, Any], model_state, rn
   return loss, new_model_state
 
 
-def make_train_step(workload: Workload, optimizer: optax.GradientTransformationExtraArgs,
-                    label_smoothing: float, extra_args_fn: Optional[ExtraArgsFn] = None
-                    ) -> Callable:
+def make_train_step(workload: Workload, optimizer_fn: OptimizerFn, label_smoothing: float,
+                    extra_args_fn: Optional[ExtraArgsFn] = None) -> Callable:
   """A jitted `(params, model_state, opt_state, batch, rng) -> (params, model_state, opt_state,
   loss)`. `extra_args_fn(workload, batch, model_state, rng)` supplies the optimiser's extra update
   arguments (K-FAC's statistics pass needs the batch and an rng)."""
@@ -91,6 +96,7 @@ def make_train_step(workload: Workload, optimizer: optax.GradientTransformationE
     grad_fn = jax.value_and_grad(mean_loss, argnums=1, has_aux=True)
     (loss, new_model_state), grads = grad_fn(workload, params, batch, model_state, rng,
                                              label_smoothing)
+    optimizer = optax.with_extra_args_support(optimizer_fn(model_state, rng))
     extra = extra_args_fn(workload, batch, model_state, rng) if extra_args_fn else {}
     updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), new_model_state, opt_state, loss
@@ -98,15 +104,15 @@ def make_train_step(workload: Workload, optimizer: optax.GradientTransformationE
   return jax.jit(train_step)
 
 
-def init_train_state(workload: Workload, model_params, optimizer: optax.GradientTransformation,
-                     hyperparameters: Any, extra_args_fn: Optional[ExtraArgsFn] = None
-                     ) -> TrainState:
-  """Initialises the optimiser and compiles nothing yet (compilation happens on the first step,
+def init_train_state(workload: Workload, model_params, model_state, optimizer_fn: OptimizerFn,
+                     hyperparameters: Any, rng: jax.Array,
+                     extra_args_fn: Optional[ExtraArgsFn] = None) -> TrainState:
+  """Initialises the optimiser; compiles nothing yet (compilation happens on the first step,
   inside submission time, as in AlgoPerf)."""
-  optimizer = optax.with_extra_args_support(optimizer)
   label_smoothing = float(getattr(hyperparameters, 'label_smoothing', 0.0))
+  optimizer = optax.with_extra_args_support(optimizer_fn(model_state, rng))
   return TrainState(optimizer.init(model_params),
-                    make_train_step(workload, optimizer, label_smoothing, extra_args_fn))
+                    make_train_step(workload, optimizer_fn, label_smoothing, extra_args_fn))
 
 
 def update_params(workload, current_param_container, current_params_types, model_state,

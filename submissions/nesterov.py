@@ -28,7 +28,6 @@ def nesterov_optimizer(step_hint: int, hyperparameters) -> optax.GradientTransfo
 
 
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng):
-  del model_state, rng
-  return common.init_train_state(workload, model_params,
-                                 nesterov_optimizer(workload.step_hint, hyperparameters),
-                                 hyperparameters)
+  optimizer = nesterov_optimizer(workload.step_hint, hyperparameters)
+  return common.init_train_state(workload, model_params, model_state,
+                                 lambda model_state, rng: optimizer, hyperparameters, rng)

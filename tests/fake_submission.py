@@ -11,8 +11,9 @@ def get_batch_size(workload_name):
 
 
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng):
-  return common.init_train_state(workload, model_params, optax.sgd(hyperparameters.learning_rate),
-                                 hyperparameters)
+  optimizer = optax.sgd(hyperparameters.learning_rate)
+  return common.init_train_state(workload, model_params, model_state,
+                                 lambda model_state, rng: optimizer, hyperparameters, rng)
 
 
 def step_phase(global_step, hyperparameters):
