@@ -5,14 +5,13 @@ position embeddings, no class token, global average pooling over tokens, a tanh 
 Dense layer and a zero-initialised classification head (Beyer et al. 2022, "Better plain ViT
 baselines for ImageNet-1k"; Dosovitskiy et al. 2021).
 
-Every layer with weights is a `nn.Dense`, `nn.DenseGeneral` (inside `nn.MultiHeadDotProductAttention`)
-or `nn.Conv` (the patch embedding), each called once per forward pass under a fixed name, so the
-K-FAC capture (`kfac/capture.py`) sees every weight-sharing layer of the model as it is.
+Every layer with weights is a `nn.Dense`, a `nn.DenseGeneral` (the q/k/v/out projections inside
+`nn.MultiHeadDotProductAttention`) or a `nn.Conv` (the patch embedding), each called once per
+forward pass under a fixed name, so the K-FAC capture (`kfac/capture.py`) sees every
+weight-sharing layer of the model as it is.
 """
 
 from __future__ import annotations
-
-from typing import Tuple
 
 import jax
 import jax.numpy as jnp

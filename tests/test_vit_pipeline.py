@@ -1,0 +1,113 @@
+"""The ImageNet input pipeline on `tfds.testing.mock_data`, RandAugment against PIL, mixup."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from benchmark import spec
+from workloads import get_workload
+from workloads.image_classification import softmax_cross_entropy
+from workloads.imagenet_vit import configs, input_pipeline
+
+NUM_MOCK_EXAMPLES = 10
+BATCH = 4
+
+
+def prepared_data_dir(root):
+  """A data dir that looks prepared to the workload (tfds's layout); mock_data supplies data."""
+  tfds_section = configs.get_config('full').tfds
+  for name in (tfds_section.train_name, tfds_section.test_name):
+    path = os.path.join(root, *name.replace(':', '/').split('/'))
+    os.makedirs(path)
+    open(os.path.join(path, 'dataset_info.json'), 'w').close()
+  return root
+
+
+@pytest.fixture(scope='module')
+def full_workload(tmp_path_factory):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  data_dir = prepared_data_dir(str(tmp_path_factory.mktemp('tfds')))
+  with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
+    yield get_workload('imagenet_vit', 'full', data_dir=data_dir)
+
+
+def test_train_batches_shapes_dtypes_labels_and_seeded_order(full_workload):
+  def first_batch(seed):
+    return next(full_workload.build_input_queue(jax.random.PRNGKey(seed), 'train', None,
+                                                BATCH))
+
+  batch = first_batch(0)
+  assert batch['inputs'].shape == (BATCH, 224, 224, 3) and batch['inputs'].dtype == np.float32
+  assert batch['targets'].shape == (BATCH,) and batch['targets'].dtype == np.int32
+  assert batch['targets'].min() >= 0 and batch['targets'].max() < 1000
+  np.testing.assert_array_equal(batch['weights'], np.ones(BATCH, np.float32))
+  again = first_batch(0)
+  np.testing.assert_array_equal(batch['inputs'], again['inputs'])
+  np.testing.assert_array_equal(batch['targets'], again['targets'])
+  assert not np.array_equal(first_batch(1)['inputs'], batch['inputs'])
+
+
+@pytest.mark.parametrize('split', ['validation', 'test', 'eval_train'])
+def test_eval_splits_pass_once_and_pad_the_last_batch(full_workload, split):
+  batches = list(full_workload.build_input_queue(jax.random.PRNGKey(0), split, None, BATCH))
+  assert [int(b['weights'].sum()) for b in batches] == [4, 4, 2]
+  assert all(b['inputs'].shape == (BATCH, 224, 224, 3) for b in batches)
+  assert not batches[-1]['inputs'][2:].any()
+  again = list(full_workload.build_input_queue(jax.random.PRNGKey(5), split, None, BATCH))
+  np.testing.assert_array_equal(batches[0]['inputs'], again[0]['inputs'])
+
+
+def test_missing_or_empty_data_dir_is_a_benchmark_error(tmp_path):
+  with pytest.raises(spec.BenchmarkError, match='does not exist'):
+    get_workload('imagenet_vit', 'full', data_dir=str(tmp_path / 'absent'))
+  with pytest.raises(spec.BenchmarkError, match='needs --data_dir'):
+    get_workload('imagenet_vit', 'full')
+  workload = get_workload('imagenet_vit', 'full', data_dir=str(tmp_path))
+  with pytest.raises(spec.BenchmarkError, match='imagenet2012.*not prepared'):
+    workload.build_input_queue(jax.random.PRNGKey(0), 'train', None, BATCH)
+  train_only = tmp_path / 'train_only'
+  prepared_data_dir(str(train_only))
+  os.remove(train_only / 'imagenet_v2' / 'matched-frequency' / '3.0.0' / 'dataset_info.json')
+  workload = get_workload('imagenet_vit', 'full', data_dir=str(train_only))
+  with pytest.raises(spec.BenchmarkError, match='imagenet_v2.*not prepared'):
+    workload.build_input_queue(jax.random.PRNGKey(0), 'test', None, BATCH)
+
+
+def test_full_config_targets_and_budgets():
+  workload = get_workload('imagenet_vit', 'full', data_dir='/')
+  assert workload.validation_target_value == 0.77309
+  assert workload.test_target_value == 0.6519
+  assert workload.step_hint == 167_999
+  assert workload.max_allowed_runtime_sec == 69_768
+  assert workload.train_batch_size == 1024
+  assert workload.num_train_examples == 1_281_167
+  assert workload.num_validation_examples == 50_000
+  assert workload.eval_period_steps is None
+  assert workload.loss_type == spec.LossType.SOFTMAX_CROSS_ENTROPY
+  assert workload.target_metric_name == 'accuracy' and workload.target_metric_higher_is_better
+
+
+def test_mixup_mixes_each_batch_with_its_roll():
+  rng = np.random.default_rng(0)
+  batch = {'inputs': rng.normal(size=(4, 2, 2, 3)).astype(np.float32),
+           'targets': np.array([0, 1, 2, 1], np.int32), 'weights': np.ones(4, np.float32)}
+  mixed = next(input_pipeline.mixup_batches(iter([batch]), seed=0, alpha=0.2, num_classes=3))
+  targets = mixed['targets']
+  assert targets.shape == (4, 3) and targets.dtype == np.float32
+  np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+  lam = targets[0, 0]  # example 0 (class 0) mixed with example 3 (class 1)
+  np.testing.assert_allclose(mixed['inputs'],
+                             lam * batch['inputs'] + (1 - lam) * np.roll(batch['inputs'], 1, 0),
+                             rtol=1e-5, atol=1e-6)
+  logits = rng.normal(size=(4, 3)).astype(np.float32)
+  assert softmax_cross_entropy(targets, logits)['per_example'].shape == (4,)
+
+
+def test_mixup_flag_turns_train_targets_soft():
+  workload = get_workload('imagenet_vit', 'tiny')
+  assert not workload.config.use_mixup
+  workload.config.use_mixup = True
+  batch = next(workload.build_input_queue(jax.random.PRNGKey(0), 'train', None, 8))
+  assert batch['targets'].shape == (8, 10)
