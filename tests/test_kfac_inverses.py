@@ -13,16 +13,17 @@ DIM_A, DIM_B = 5, 4
 DAMPING = 0.05
 
 
-def random_spd(key, dim, scale=1.0):
+def random_spd(rng, dim, scale=1.0):
   """A random symmetric positive-definite `[dim, dim]` matrix, eigenvalues in about [0.1, 3] * scale."""
-  m = jax.random.normal(key, (dim, 2 * dim)) / np.sqrt(2 * dim)
-  return scale * (m @ m.T + 0.1 * jnp.eye(dim))
+  m = rng.standard_normal((dim, 2 * dim)) / np.sqrt(2 * dim)
+  return jnp.asarray(scale * (m @ m.T + 0.1 * np.eye(dim)), jnp.float32)
 
 
 def factors_and_grad(seed=0, scale_a=1.0, scale_b=1.0):
-  key_a, key_b, key_g = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return (random_spd(key_a, DIM_A, scale_a), random_spd(key_b, DIM_B, scale_b),
-          jax.random.normal(key_g, (DIM_A, DIM_B)))
+  """Random SPD `A [5, 5]`, `B [4, 4]` and a gradient `G [5, 4]` (float32)."""
+  rng = np.random.default_rng(seed)
+  return (random_spd(rng, DIM_A, scale_a), random_spd(rng, DIM_B, scale_b),
+          jnp.asarray(rng.standard_normal((DIM_A, DIM_B)), jnp.float32))
 
 
 def dense_solve(block, grad):
@@ -78,9 +79,10 @@ def test_fallback_kinds_match_dense_solve(kind_a, kind_b, mode):
 
 def indefinite_and_clipped(seed=3):
   """A symmetric matrix with negative eigenvalues and its PSD projection (clipped at 0)."""
-  q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(seed), (DIM_A, DIM_A)))
-  values = jnp.array([-0.5, -1e-3, 0.2, 1.0, 2.0])
-  return (q * values) @ q.T, (q * jnp.maximum(values, 0)) @ q.T
+  q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((DIM_A, DIM_A)))
+  values = np.array([-0.5, -1e-3, 0.2, 1.0, 2.0])
+  return (jnp.asarray((q * values) @ q.T, jnp.float32),
+          jnp.asarray((q * np.maximum(values, 0)) @ q.T, jnp.float32))
 
 
 def test_negative_eigenvalues_are_clipped():
@@ -98,7 +100,7 @@ def test_negative_eigenvalues_are_clipped():
 
 def test_eigh_symmetrises_its_input():
   a, _, _ = factors_and_grad(5)
-  skew = jax.random.normal(jax.random.PRNGKey(6), a.shape)
+  skew = jnp.asarray(np.random.default_rng(6).standard_normal(a.shape), jnp.float32)
   values, vectors = inverses.symmetric_eigh(a + (skew - skew.T))
   np.testing.assert_allclose((vectors * values) @ vectors.T, a, rtol=1e-4, atol=1e-5)
 
@@ -116,7 +118,7 @@ def test_float64_eigh_falls_back_to_float32_without_x64():
 def test_float64_eigh_with_x64():
   with jax.enable_x64(True):
     assert inverses.eigh_compute_dtype(jnp.float32, jnp.float64) == jnp.float64
-    a, b, grad = (x.astype(jnp.float32) for x in factors_and_grad(7))
+    a, b, grad = factors_and_grad(7)
     got = inverses.apply_exact_inverse(inverses.exact_inverse(a, b, DAMPING, jnp.float64), grad, DAMPING)
     assert got.dtype == jnp.float32
     a64, b64, grad64 = (x.astype(jnp.float64) for x in (a, b, grad))
