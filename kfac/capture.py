@@ -283,7 +283,12 @@ def _trace_modules(apply_fn: Callable[[Any, Any], jax.Array], params: Any,
     return out
 
   with nn.intercept_methods(interceptor):
-    output = jax.eval_shape(apply_fn, params, inputs)
+    # A fresh function: `eval_shape` caches traces per function, and a cached trace would not
+    # run the interceptor.
+    output = jax.eval_shape(lambda p, x: apply_fn(p, x), params, inputs)
+  if not module_classes:
+    raise ValueError('no Flax module call was seen while tracing apply_fn: pass an unjitted '
+                     'Flax apply (jit the function that calls compute_factors instead)')
   if not hasattr(output, 'shape'):
     raise TypeError('apply_fn must return one array (the logits); got '
                     f'{type(output).__name__}. Close over model state and rngs in apply_fn.')
@@ -459,6 +464,12 @@ def capture_forward(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inpu
   probes = {path: tuple(jnp.zeros(call.output_shape, jnp.float32) for call in info.calls)
             for path, info in report.layers.items()}
   output, pullback, layer_inputs = jax.vjp(forward, probes, has_aux=True)
+  calls_seen = {path: len(xs) for path, xs in layer_inputs.items()}
+  calls_traced = {path: len(info.calls) for path, info in report.layers.items()}
+  if calls_seen != calls_traced:
+    raise RuntimeError(f'covered layers called {calls_seen} times in the forward pass but '
+                       f'{calls_traced} times in the report: apply_fn must call the same layers '
+                       'every time (no jitted apply_fn, no data-dependent calls)')
 
   def output_gradients(cotangent):
     (gradients,) = pullback(cotangent.astype(output.dtype))

@@ -6,7 +6,7 @@ the brute-force factors from explicit loops over examples, positions and graphs.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -53,41 +53,41 @@ def layer_parameters(params: Any, path: LayerPath) -> jax.Array:
   return jnp.concatenate(flat)
 
 
-def _with_layer_parameters(params: Any, path: LayerPath, theta: jax.Array) -> Any:
-  """`params` with the kernel (and bias) of `path` replaced by the flat vector `theta`."""
-  module = module_params(params, path)
-  kernel_size = module['kernel'].size
-  new_module = dict(module, kernel=theta[:kernel_size].reshape(module['kernel'].shape))
-  if 'bias' in module:
-    new_module['bias'] = theta[kernel_size:].reshape(module['bias'].shape)
-
-  def replace(tree, names):
-    if not names:
-      return new_module
-    return dict(tree, **{names[0]: replace(tree[names[0]], names[1:])})
-
-  return dict(params, params=replace(params['params'], path))
+def _with_layer_parameters(params: Any, thetas: Dict[LayerPath, jax.Array]) -> Any:
+  """`params` with the kernel (and bias) of every layer in `thetas` replaced by its flat vector."""
+  params = jax.tree_util.tree_map(lambda leaf: leaf, params)  # a mutable copy
+  for path, theta in thetas.items():
+    module = module_params(params, path)
+    kernel_size = module['kernel'].size
+    module['kernel'] = theta[:kernel_size].reshape(module['kernel'].shape)
+    if 'bias' in module:
+      module['bias'] = theta[kernel_size:].reshape(module['bias'].shape)
+  return params
 
 
-def exact_ggn_block(apply_fn: Callable, params: Any, inputs: Any, path: LayerPath,
-                    loss_of_output: Callable[[jax.Array], jax.Array]) -> np.ndarray:
-  """`J^T H J` of the batch loss w.r.t. `layer_parameters(params, path)`.
+def exact_ggn_blocks(apply_fn: Callable, params: Any, inputs: Any, paths: Sequence[LayerPath],
+                     loss_of_output: Callable[[jax.Array], jax.Array]
+                     ) -> Dict[LayerPath, np.ndarray]:
+  """`J^T H J` of the batch loss w.r.t. `layer_parameters(params, path)`, for every path.
 
   Args:
     apply_fn: `apply_fn(params, inputs) -> output`.
-    params, inputs: the model variables and the batch.
-    path: the layer.
+    params, inputs: the model variables (a dict with `'params'`) and the batch.
+    paths: the layers.
     loss_of_output: the batch loss as a function of the whole output.
   """
-  theta = layer_parameters(params, path)
+  @jax.jit
+  def blocks(thetas):
+    def output_of(thetas):
+      return apply_fn(_with_layer_parameters(params, thetas), inputs)
+    output = output_of(thetas)
+    hessian = jax.hessian(loss_of_output)(output).reshape(output.size, output.size)
+    jacobians = jax.jacobian(output_of)(thetas)
+    return {path: jacobian.reshape(output.size, -1).T @ hessian @ jacobian.reshape(output.size, -1)
+            for path, jacobian in jacobians.items()}
 
-  def output_of(theta):
-    return apply_fn(_with_layer_parameters(params, path, theta), inputs)
-
-  output = output_of(theta)
-  jacobian = jax.jacobian(output_of)(theta).reshape(output.size, theta.size)
-  hessian = jax.hessian(loss_of_output)(output).reshape(output.size, output.size)
-  return np.asarray(jacobian.T @ hessian @ jacobian, np.float64)
+  result = blocks({path: layer_parameters(params, path) for path in paths})
+  return {path: np.asarray(block, np.float64) for path, block in result.items()}
 
 
 def relative_error(approximation: np.ndarray, reference: np.ndarray) -> float:

@@ -45,17 +45,27 @@ class MLP(nn.Module):
     return nn.Dense(3, bias_init=nn.initializers.normal(0.5))(x)
 
 
-def _kronecker_errors(model, x, loss, targets, flavour, fisher_type='type2'):
-  """Relative error of `A kron B` vs the exact GGN block, per layer."""
+def factors_for_configs(apply_fn, params, inputs, targets, configs, mask=None, rng=None):
+  """`kfac.compute_factors` for every configuration (a dict of keyword arguments), in one
+  jitted program (one compilation per test keeps the suite fast)."""
+  @jax.jit
+  def compute(params, inputs, targets, mask, rng):
+    return [kfac.compute_factors(apply_fn, params, inputs, targets, mask=mask, rng=rng, **config)
+            for config in configs]
+
+  return compute(params, inputs, targets, mask, rng)
+
+
+def _kronecker_errors(model, x, loss, targets):
+  """Per flavour and layer, the relative error of `A kron B` vs the exact GGN block (type2)."""
   params = model.init(jax.random.key(1), x)
-  factors = kfac.compute_factors(model.apply, params, x, targets, loss=loss, flavour=flavour,
-                                 fisher_type=fisher_type)
-  errors = {}
-  for path, (a_factor, b_factor) in factors.items():
-    ggn = oracles.exact_ggn_block(model.apply, params, x, path,
-                                  lambda f: oracles.batch_mean_loss(loss, f, targets))
-    errors[path] = oracles.relative_error(np.kron(a_factor, b_factor), ggn)
-  return errors
+  configs = [dict(loss=loss, flavour=flavour, fisher_type='type2') for flavour in kfac.FLAVOURS]
+  all_factors = factors_for_configs(model.apply, params, x, targets, configs)
+  ggn = oracles.exact_ggn_blocks(model.apply, params, x, list(all_factors[0]),
+                                 lambda f: oracles.batch_mean_loss(loss, f, targets))
+  return {config['flavour']: {path: oracles.relative_error(np.kron(a, b), ggn[path])
+                              for path, (a, b) in factors.items()}
+          for config, factors in zip(configs, all_factors)}
 
 
 @pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
@@ -67,8 +77,7 @@ def test_deep_linear_exactness(reduction):
   output_shape = (3, 4, 3) if reduction == 'none' else (3, 3)
   targets = jax.random.normal(jax.random.key(2), output_shape)
   exact_flavour = 'expand' if reduction == 'none' else 'reduce'
-  for flavour in ('expand', 'reduce'):
-    errors = _kronecker_errors(model, x, 'mse', targets, flavour)
+  for flavour, errors in _kronecker_errors(model, x, 'mse', targets).items():
     print(f'deep linear, reduction={reduction}, {flavour}: relative errors '
           + ', '.join(f'{"/".join(path)}={error:.2e}' for path, error in errors.items()))
     for path, error in errors.items():
@@ -85,47 +94,42 @@ def test_single_example_mlp_is_exact(loss):
   targets = {'softmax_cross_entropy': jnp.array([2]),
              'sigmoid_cross_entropy': jnp.array([[1.0, 0.0, 1.0]]),
              'mse': jnp.array([[0.3, -1.0, 2.0]])}[loss]
-  for flavour in ('expand', 'reduce'):
-    errors = _kronecker_errors(MLP(), x, loss, targets, flavour)
+  for flavour, errors in _kronecker_errors(MLP(), x, loss, targets).items():
     assert max(errors.values()) < 1e-5, (flavour, errors)
 
 
 # -- Brute force: convolutions, attention projections, graph layers ------------------------------
 
 
-def _jitted_factors(model, params, inputs, targets, mask=None, rng=None, **config):
-  compute = jax.jit(functools.partial(kfac.compute_factors, model.apply, **config))
-  return compute(params, inputs, targets, mask=mask, rng=rng)
-
-
 def _assert_matches_brute_force(model, params, inputs, targets, loss, examples_of, mask=None,
                                 fisher_types=('type2', 'empirical')):
   """compute_factors == brute-force loops, for both flavours and the given Fisher types.
 
-  `examples_of(path, layer_input, jacobian, p_out)` returns, per example n, its rows `[R_n, P_in]` and
-  `d f_n / d s` restricted to them, `[E, R_n, P_out]`; `jacobian` is `[N, E, *layer_output]`.
+  `examples_of(path, layer_input, jacobian, p_out)` returns, per example n, its rows
+  `[R_n, P_in]` and `d f_n / d s` restricted to them, `[E, R_n, P_out]`; `jacobian` is `[N, E, *layer_output]`.
   """
   output, layer_inputs, jacobians = oracles.layer_io(model.apply, params, inputs)
   num_examples = output.shape[0]
   valid = np.ones(num_examples, bool) if mask is None else np.any(
       np.asarray(mask).reshape(num_examples, -1) > 0, axis=1)
-  for fisher_type in fisher_types:
-    curvature = oracles.output_curvature(loss, fisher_type, output, targets, mask)
-    for flavour in ('expand', 'reduce'):
-      factors = _jitted_factors(model, params, inputs, targets, mask=mask, loss=loss,
-                                flavour=flavour, fisher_type=fisher_type)
-      assert set(factors) == set(layer_inputs)
-      for path, (a_factor, b_factor) in factors.items():
-        jacobian = jacobians[path]
-        jacobian = jacobian.reshape((num_examples, -1) + jacobian.shape[output.ndim:])
-        rows, example_jacobians = examples_of(path, layer_inputs[path], jacobian,
-                                               b_factor.shape[0])
-        has_bias = 'bias' in oracles.module_params(params, path)
-        a_ref, b_ref = oracles.brute_force_factors(flavour, rows, example_jacobians, curvature,
-                                                   valid, has_bias)
-        context = (fisher_type, flavour, path)
-        np.testing.assert_allclose(a_factor, a_ref, rtol=1e-4, atol=1e-5, err_msg=str(context))
-        np.testing.assert_allclose(b_factor, b_ref, rtol=1e-4, atol=1e-6, err_msg=str(context))
+  configs = [dict(loss=loss, flavour=flavour, fisher_type=fisher_type)
+             for fisher_type in fisher_types for flavour in kfac.FLAVOURS]
+  all_factors = factors_for_configs(model.apply, params, inputs, targets, configs, mask=mask)
+  curvatures = {fisher_type: oracles.output_curvature(loss, fisher_type, output, targets, mask)
+                for fisher_type in fisher_types}
+  for config, factors in zip(configs, all_factors):
+    assert set(factors) == set(layer_inputs)
+    for path, (a_factor, b_factor) in factors.items():
+      jacobian = jacobians[path]
+      jacobian = jacobian.reshape((num_examples, -1) + jacobian.shape[output.ndim:])
+      rows, example_jacobians = examples_of(path, layer_inputs[path], jacobian, b_factor.shape[0])
+      has_bias = 'bias' in oracles.module_params(params, path)
+      a_ref, b_ref = oracles.brute_force_factors(
+          config['flavour'], rows, example_jacobians, curvatures[config['fisher_type']], valid,
+          has_bias)
+      context = (config, path)
+      np.testing.assert_allclose(a_factor, a_ref, rtol=1e-4, atol=1e-5, err_msg=str(context))
+      np.testing.assert_allclose(b_factor, b_ref, rtol=1e-4, atol=1e-6, err_msg=str(context))
 
 
 def _sequence_examples(path, layer_input, jacobian, p_out):
@@ -295,12 +299,14 @@ def test_graph_network_matches_brute_force_and_ignores_padding():
   params = model.init(jax.random.key(0), padded)
   _assert_matches_brute_force(model, params, padded, targets, 'sigmoid_cross_entropy',
                               _graph_examples(padded), mask=mask)
-  for flavour in ('expand', 'reduce'):
-    config = dict(loss='sigmoid_cross_entropy', flavour=flavour, fisher_type='mc')
-    with_padding = _jitted_factors(model, params, padded, targets, mask=mask,
-                                   rng=jax.random.key(3), **config)
-    without = _jitted_factors(model, params, graph, targets[:3], mask=mask[:3],
-                              rng=jax.random.key(3), **config)
-    for path in without:
-      for padded_factor, factor in zip(with_padding[path], without[path]):
+  configs = [dict(loss='sigmoid_cross_entropy', flavour=flavour, fisher_type='mc')
+             for flavour in kfac.FLAVOURS]
+  rng = jax.random.key(3)
+  with_padding = factors_for_configs(model.apply, params, padded, targets, configs, mask=mask,
+                                     rng=rng)
+  without = factors_for_configs(model.apply, params, graph, targets[:3], configs, mask=mask[:3],
+                                rng=rng)
+  for padded_factors, factors in zip(with_padding, without):
+    for path in factors:
+      for padded_factor, factor in zip(padded_factors[path], factors[path]):
         np.testing.assert_allclose(padded_factor, factor, rtol=1e-5, atol=1e-6)
