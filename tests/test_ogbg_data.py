@@ -4,8 +4,11 @@ of both sources (tfds through `tfds.testing.mock_data`), determinism and data-di
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import jax
+import jraph
 import numpy as np
 import pytest
 from rdkit import Chem
@@ -87,16 +90,50 @@ def test_charged_atoms_and_misc_buckets_by_hand():
   assert embedded_data.smiles_to_graph('not a molecule') is None
 
 
-def test_example_to_graph_adds_reverse_edges():
-  example = {'num_nodes': np.array([3]), 'node_feat': np.arange(27.).reshape(3, 9),
-             'num_edges': np.array([2]), 'edge_feat': np.array([[1., 2., 3.], [4., 5., 6.]]),
-             'edge_index': np.array([[0, 1], [1, 2]]), 'labels': np.array([1., np.nan])}
-  graph = input_pipeline.example_to_graph(example)
-  np.testing.assert_array_equal(graph.senders, [0, 1, 1, 2])
-  np.testing.assert_array_equal(graph.receivers, [1, 2, 0, 1])
-  np.testing.assert_array_equal(graph.edges, [[1, 2, 3], [4, 5, 6], [1, 2, 3], [4, 5, 6]])
-  np.testing.assert_array_equal(graph.n_edge, [4])
-  assert graph.nodes.dtype == np.float32 and graph.globals.shape == (1, 2)
+def _algoperf_to_jraph(example) -> jraph.GraphsTuple:
+  """Reference: AlgoPerf's per-molecule `_to_jraph` (both bond directions, labels in globals)."""
+  edge_index = np.asarray(example['edge_index']).reshape(-1, 2)
+  edge_feat = np.asarray(example['edge_feat'], np.float32).reshape(-1, 3)
+  return jraph.GraphsTuple(
+      n_node=np.asarray(example['num_nodes']), n_edge=np.array([2 * len(edge_index)]),
+      nodes=np.asarray(example['node_feat'], np.float32),
+      edges=np.concatenate([edge_feat, edge_feat]),
+      senders=np.concatenate([edge_index[:, 0], edge_index[:, 1]]),
+      receivers=np.concatenate([edge_index[:, 1], edge_index[:, 0]]),
+      globals=np.asarray(example['labels'], np.float32)[None])
+
+
+def test_batches_equal_jraph_dynamic_batching_and_padding():
+  """Our vectorised batching against AlgoPerf's: jraph.dynamically_batch + pad_with_graphs."""
+  rng = np.random.default_rng(0)
+  examples = []
+  for i, smiles in enumerate(['CCO', 'c1ccccc1', '[Na+].[Cl-]', 'CC(=O)[O-]', 'C[NH3+]'] * 7):
+    graph = embedded_data.smiles_to_graph(smiles)
+    labels = rng.integers(0, 2, 5).astype(np.float32)
+    labels[i % 5] = np.nan
+    examples.append({'num_nodes': np.array([graph['num_nodes']]),
+                     'node_feat': graph['node_feat'].astype(np.float32),
+                     'num_edges': np.array([graph['edge_index'].shape[1] // 2]),
+                     'edge_feat': graph['edge_feat'][::2].astype(np.float32),
+                     'edge_index': graph['edge_index'][:, ::2].T, 'labels': labels})
+  budget = input_pipeline.PaddingBudget(n_node=21, n_edge=24, n_graph=7)
+  ours = list(input_pipeline.batch_examples(examples, budget))
+  reference = list(jraph.dynamically_batch(map(_algoperf_to_jraph, examples), *budget))
+  assert len(ours) == len(reference) > 5
+  for batch, expected in zip(ours, reference):
+    for field in ('nodes', 'edges', 'senders', 'receivers', 'n_node', 'n_edge'):
+      np.testing.assert_array_equal(getattr(batch['inputs'], field), getattr(expected, field))
+    real = np.asarray(jraph.get_graph_padding_mask(expected))
+    labels = expected.globals
+    np.testing.assert_array_equal(batch['targets'], np.nan_to_num(labels))
+    np.testing.assert_array_equal(batch['weights'], ~np.isnan(labels) & real[:, None])
+
+
+def test_a_molecule_larger_than_the_budget_is_an_error():
+  example = {'num_nodes': np.array([5]), 'node_feat': np.ones((5, 9)), 'num_edges': np.array([0]),
+             'edge_feat': np.zeros((0, 3)), 'edge_index': np.zeros((0, 2)), 'labels': np.ones(2)}
+  with pytest.raises(ValueError, match='does not fit'):
+    next(input_pipeline.batch_examples([example], input_pipeline.PaddingBudget(5, 4, 3)))
 
 
 # -- The embedded data set ---------------------------------------------------------------------
@@ -155,15 +192,24 @@ def test_cache_is_built_once_and_rebuilt_on_version_change(tmp_path, monkeypatch
 
 # -- Batches -----------------------------------------------------------------------------------
 
+def _real_graphs(graph) -> np.ndarray:
+  """bool [n_graph]: molecules (at least one atom each) come before the padding graph (at least
+  one node) and the empty graphs after it."""
+  num_trailing_empty = int(np.argmin(graph.n_node[::-1] == 0))
+  return np.arange(len(graph.n_node)) < len(graph.n_node) - num_trailing_empty - 1
+
+
 def _check_batch(batch, budget, num_tasks):
   graph = batch['inputs']
   assert graph.nodes.shape == (budget.n_node, 9) and graph.edges.shape == (budget.n_edge, 3)
   assert graph.senders.shape == graph.receivers.shape == (budget.n_edge,)
+  assert graph.nodes.dtype == graph.edges.dtype == np.float32
+  assert graph.senders.dtype == graph.receivers.dtype == graph.n_node.dtype == np.int32
   assert graph.n_node.shape == graph.n_edge.shape == (budget.n_graph,)
   assert graph.n_node.sum() == budget.n_node and graph.n_edge.sum() == budget.n_edge
   assert batch['targets'].shape == batch['weights'].shape == (budget.n_graph, num_tasks)
   assert not np.isnan(batch['targets']).any()
-  real = input_pipeline.graph_padding_mask(graph)
+  real = _real_graphs(graph)
   assert not real[-1]  # At least one padding graph.
   assert (batch['weights'][~real] == 0).all()
   return int(real.sum())
@@ -209,6 +255,16 @@ def test_nan_labels_become_zero_targets_with_zero_weight():
   batch = next(input_pipeline.batch_examples(examples, input_pipeline.PaddingBudget(5, 4, 3)))
   np.testing.assert_array_equal(batch['targets'], [[1, 0, 0], [0, 0, 0], [0, 0, 0]])
   np.testing.assert_array_equal(batch['weights'], [[1, 0, 1], [0, 0, 0], [0, 0, 0]])
+
+
+def test_embedded_path_does_not_import_tensorflow():
+  code = ('import sys, jax\n'
+          'from workloads.ogbg_molpcba.workload import OgbgMolpcbaWorkload\n'
+          "w = OgbgMolpcbaWorkload('tiny')\n"
+          "next(w.build_input_queue(jax.random.PRNGKey(0), 'train', None, 8))\n"
+          "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, '-c', code], check=True, cwd=root)
 
 
 # -- tensorflow-datasets path (mocked) ---------------------------------------------------------

@@ -13,7 +13,7 @@ The split is a seeded random 80/10/10 permutation (`SPLIT_SEED`); within a split
 their file order.
 
 Storage follows the OGB raw files (and hence tensorflow-datasets' `ogbg_molpcba`): each bond is
-stored once, `(begin, end)`; `input_pipeline.example_to_graph` adds the reverse direction for
+stored once, `(begin, end)`; `input_pipeline.padded_batch` adds the reverse direction for
 both sources. The cache is `<data_root>/ogbg_molpcba/embedded_v<CACHE_VERSION>.npz`, built on
 first use and rebuilt when missing or when `CACHE_VERSION` changes.
 """
@@ -285,22 +285,22 @@ class EmbeddedData:
     return int(np.sum(self.arrays['split'] == SPLITS.index(split)))
 
   def example(self, index: int) -> Dict[str, np.ndarray]:
-    """Molecule `index` in tensorflow-datasets' `ogbg_molpcba` format.
+    """Molecule `index` in tensorflow-datasets' `ogbg_molpcba` layout (views, stored dtypes).
 
     Returns:
-      `num_nodes` int64 [1], `node_feat` float32 [n, 9], `num_edges` int64 [1],
-      `edge_feat` float32 [b, 3], `edge_index` int64 [b, 2] (one row per bond), `labels`
-      float32 [T] (no missing labels here; tfds marks them NaN).
+      `num_nodes` [1], `node_feat` [n, 9], `num_edges` [1], `edge_feat` [b, 3], `edge_index`
+      [b, 2] (one row per bond), `labels` [T] (never missing here; tfds marks missing ones NaN).
+      tfds gives float32 features and labels; batching casts either to float32.
     """
     nodes = slice(self.node_offsets[index], self.node_offsets[index + 1])
     bonds = slice(self.bond_offsets[index], self.bond_offsets[index + 1])
     return {
-        'num_nodes': self.arrays['num_nodes'][index:index + 1].astype(np.int64),
-        'node_feat': self.arrays['node_feat'][nodes].astype(np.float32),
-        'num_edges': self.arrays['num_bonds'][index:index + 1].astype(np.int64),
-        'edge_feat': self.arrays['bond_feat'][bonds].astype(np.float32),
-        'edge_index': self.arrays['bond_index'][bonds].astype(np.int64),
-        'labels': self.arrays['labels'][index].astype(np.float32),
+        'num_nodes': self.arrays['num_nodes'][index:index + 1],
+        'node_feat': self.arrays['node_feat'][nodes],
+        'num_edges': self.arrays['num_bonds'][index:index + 1],
+        'edge_feat': self.arrays['bond_feat'][bonds],
+        'edge_index': self.arrays['bond_index'][bonds],
+        'labels': self.arrays['labels'][index],
     }
 
 

@@ -1,17 +1,17 @@
 """ogbg-molpcba batches from tensorflow-datasets or from the embedded data, in one format.
 
 Both sources yield examples in tensorflow-datasets' `ogbg_molpcba` format (one row per bond in
-`edge_index`, labels NaN where missing); `batch_examples` turns either stream into AlgoPerf's
-batches (`algoperf/workloads/ogbg/input_pipeline.py`):
+`edge_index`, labels NaN where missing); `batch_examples` turns either stream into the batches
+of AlgoPerf's pipeline (`algoperf/workloads/ogbg/input_pipeline.py`), vectorised in numpy:
 
-  * each molecule becomes a `jraph.GraphsTuple` with both directions of every bond (the forward
-    rows, then the reversed rows, sharing the bond features);
-  * `jraph.dynamically_batch` adds molecules to a batch until one more would exceed the padding
-    budget `(avg_nodes * batch_size + 1 nodes, avg_edges * batch_size edges, batch_size + 1
-    graphs)`, then pads it to exactly that budget with `jraph.pad_with_graphs`: every batch has
-    the same shapes, and holds at most `batch_size` real molecules (fewer when the nodes or edges
-    run out first);
-  * `targets` are the labels with NaN replaced by 0, `weights` is 1 for a present label of a real
+  * each molecule's graph holds both directions of every bond (the forward rows, then the
+    reversed rows, sharing the bond features);
+  * molecules are grouped as `jraph.dynamically_batch` does: added to a batch until one more
+    would exceed the padding budget (`avg_nodes * batch_size + 1` nodes, `avg_edges *
+    batch_size` edges, `batch_size + 1` graphs), and each batch is padded to exactly that budget
+    as `jraph.pad_with_graphs` does: every batch has the same shapes and holds at most
+    `batch_size` molecules (fewer when nodes or edges run out first);
+  * `targets` are the labels with NaN replaced by 0, `weights` is 1 for a present label of a
     molecule and 0 for a missing label or a padding graph.
 
 TensorFlow is imported inside `tfds_examples` only, so the embedded path never pays for it.
@@ -20,13 +20,14 @@ TensorFlow is imported inside `tfds_examples` only, so the embedded path never p
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import jraph
 import numpy as np
 
 from benchmark.spec import BenchmarkError
-from workloads.ogbg_molpcba.embedded_data import EmbeddedData
+from workloads.ogbg_molpcba.embedded_data import (NUM_ATOM_FEATURES, NUM_BOND_FEATURES,
+                                                  EmbeddedData)
 
 Example = Dict[str, np.ndarray]
 Batch = Dict[str, Any]
@@ -48,62 +49,100 @@ def padding_budget(batch_size: int, avg_nodes_per_graph: int,
                        n_graph=batch_size + 1)
 
 
-def example_to_graph(example: Example) -> jraph.GraphsTuple:
-  """One molecule as a `jraph.GraphsTuple` holding both directions of each bond.
+def batch_examples(examples: Iterable[Example], budget: PaddingBudget) -> Iterator[Batch]:
+  """Groups examples greedily into batches that fit `budget`, each padded to exactly `budget`.
+
+  The grouping is `jraph.dynamically_batch`'s (AlgoPerf's): molecules join the current batch in
+  stream order until the next one would exceed `n_graph - 1` graphs, `n_node - 1` nodes or
+  `n_edge` edges (counting both directions of each bond); then the batch is emitted and the next
+  one starts with that molecule. The last, partial batch is emitted too.
+
+  Raises:
+    ValueError: a single molecule does not fit the budget.
+  """
+  group: List[Example] = []
+  num_nodes = num_edges = 0
+  for example in examples:
+    example_nodes = int(example['num_nodes'][0])
+    example_edges = 2 * len(example['edge_index'])
+    if example_nodes > budget.n_node - 1 or example_edges > budget.n_edge:
+      raise ValueError(f'a molecule with {example_nodes} nodes and {example_edges} edges does '
+                       f'not fit the padding budget {budget}')
+    if group and (len(group) == budget.n_graph - 1 or
+                  num_nodes + example_nodes > budget.n_node - 1 or
+                  num_edges + example_edges > budget.n_edge):
+      yield padded_batch(group, budget)
+      group, num_nodes, num_edges = [], 0, 0
+    group.append(example)
+    num_nodes += example_nodes
+    num_edges += example_edges
+  if group:
+    yield padded_batch(group, budget)
+
+
+def padded_batch(examples: Sequence[Example], budget: PaddingBudget) -> Batch:
+  """One batch of molecules, padded like `jraph.pad_with_graphs`.
+
+  Molecule g (with n_g atoms, b_g bonds, nodes from row N_g and bonds from B_g in the
+  concatenation) owns node rows [N_g, N_g + n_g) and edge rows [2 B_g, 2 B_g + 2 b_g): first its
+  bonds (i, j) in stored order, then the same bonds reversed (j, i), both with the bond's
+  features (AlgoPerf's `_to_jraph`). After the G molecules come one padding graph holding all
+  remaining nodes and edges (its edges connect its first node to itself) and empty graphs up to
+  `budget.n_graph`.
 
   Args:
-    example: `num_nodes` [1], `node_feat` [n, 9], `edge_feat` [b, 3], `edge_index` [b, 2]
-      (one row `(i, j)` per bond), `labels` [T].
+    examples: G molecules in tfds' `ogbg_molpcba` format: `num_nodes` [1], `node_feat` [n, 9],
+      `edge_feat` [b, 3], `edge_index` [b, 2] (one row per bond), `labels` [T] (NaN = missing);
+      any numeric dtypes.
+    budget: sizes to pad to; must hold the G molecules plus one padding node and graph.
 
   Returns:
-    nodes float32 [n, 9]; edges float32 [2b, 3]; senders/receivers int32 [2b] (`i` then `j`
-    for the forward rows, swapped for the reverse rows); n_node, n_edge int32 [1]; globals
-    float32 [1, T] carries the labels through batching.
+    `inputs`: `jraph.GraphsTuple` with nodes float32 [n_node, 9], edges float32 [n_edge, 3],
+    senders/receivers int32 [n_edge], n_node/n_edge int32 [n_graph], globals None;
+    `targets` float32 [n_graph, T] (NaN -> 0); `weights` float32 [n_graph, T] (1 for a present
+    label of a molecule, 0 for a missing label or a padding graph).
   """
-  edge_index = np.asarray(example['edge_index'], np.int32).reshape(-1, 2)
-  edge_feat = np.asarray(example['edge_feat'], np.float32)
-  senders, receivers = edge_index[:, 0], edge_index[:, 1]
-  return jraph.GraphsTuple(
-      nodes=np.asarray(example['node_feat'], np.float32),
-      edges=np.concatenate([edge_feat, edge_feat]),
-      senders=np.concatenate([senders, receivers]),
-      receivers=np.concatenate([receivers, senders]),
-      n_node=np.asarray(example['num_nodes'], np.int32).reshape(1),
-      n_edge=np.array([2 * len(edge_index)], np.int32),
-      globals=np.asarray(example['labels'], np.float32)[None])
+  num_graphs = len(examples)
+  n_node = np.array([int(e['num_nodes'][0]) for e in examples], np.int64)
+  n_bond = np.array([len(e['edge_index']) for e in examples], np.int64)
+  node_start = np.cumsum(n_node) - n_node
+  bond_start = np.cumsum(n_bond) - n_bond
+  total_nodes, total_bonds = int(n_node.sum()), int(n_bond.sum())
 
+  graph_of_bond = np.repeat(np.arange(num_graphs), n_bond)  # [total_bonds]
+  bonds = np.concatenate([np.reshape(e['edge_index'], (-1, 2)) for e in examples])
+  bonds = bonds.astype(np.int64) + node_start[graph_of_bond, None]  # batch node indices
+  bond_feat = np.concatenate(
+      [np.reshape(e['edge_feat'], (-1, NUM_BOND_FEATURES)) for e in examples])
+  # Bond k of molecule g: forward row 2 B_g + (k - B_g) = B_g + k, reverse row that + b_g.
+  forward = bond_start[graph_of_bond] + np.arange(total_bonds)
+  reverse = forward + n_bond[graph_of_bond]
 
-def graph_padding_mask(graph: jraph.GraphsTuple) -> np.ndarray:
-  """bool [n_graph]: False for the padding graphs `jraph.pad_with_graphs` appended.
+  nodes = np.zeros((budget.n_node, NUM_ATOM_FEATURES), np.float32)
+  nodes[:total_nodes] = np.concatenate([e['node_feat'] for e in examples])
+  edges = np.zeros((budget.n_edge, NUM_BOND_FEATURES), np.float32)
+  edges[forward] = bond_feat
+  edges[reverse] = bond_feat
+  senders = np.full(budget.n_edge, total_nodes, np.int32)
+  receivers = np.full(budget.n_edge, total_nodes, np.int32)
+  senders[forward], receivers[forward] = bonds[:, 0], bonds[:, 1]
+  senders[reverse], receivers[reverse] = bonds[:, 1], bonds[:, 0]
+  graph_n_node = np.zeros(budget.n_graph, np.int32)
+  graph_n_node[:num_graphs] = n_node
+  graph_n_node[num_graphs] = budget.n_node - total_nodes
+  graph_n_edge = np.zeros(budget.n_graph, np.int32)
+  graph_n_edge[:num_graphs] = 2 * n_bond
+  graph_n_edge[num_graphs] = budget.n_edge - 2 * total_bonds
 
-  The first padding graph holds the padding nodes (at least one), the others are empty; real
-  molecules have at least one atom. So the padding graphs are the trailing empty graphs plus the
-  one before them (jraph's `get_number_of_padding_with_graphs_graphs`, in numpy).
-  """
-  n_node = np.asarray(graph.n_node)
-  num_trailing_empty = int(np.argmin(n_node[::-1] == 0))
-  num_real = len(n_node) - num_trailing_empty - 1
-  return np.arange(len(n_node)) < num_real
-
-
-def batch_examples(examples: Iterable[Example], budget: PaddingBudget) -> Iterator[Batch]:
-  """Dynamically batches examples and pads every batch to `budget`.
-
-  Yields:
-    `inputs`: `jraph.GraphsTuple` with `budget.n_node` nodes, `budget.n_edge` edges,
-    `budget.n_graph` graphs and `globals=None`; `targets` float32 [n_graph, T] (NaN -> 0);
-    `weights` float32 [n_graph, T] (0 for missing labels and padding graphs).
-  """
-  graphs = map(example_to_graph, examples)
-  for padded in jraph.dynamically_batch(graphs, *budget):
-    labels = padded.globals
-    missing = np.isnan(labels)
-    real = graph_padding_mask(padded)
-    yield {
-        'inputs': padded._replace(globals=None),
-        'targets': np.where(missing, 0.0, labels).astype(np.float32),
-        'weights': (~missing & real[:, None]).astype(np.float32),
-    }
+  labels = np.stack([e['labels'] for e in examples]).astype(np.float32)  # [G, T]
+  targets = np.zeros((budget.n_graph, labels.shape[1]), np.float32)
+  weights = np.zeros((budget.n_graph, labels.shape[1]), np.float32)
+  present = ~np.isnan(labels)
+  targets[:num_graphs] = np.where(present, labels, 0.0)
+  weights[:num_graphs] = present
+  inputs = jraph.GraphsTuple(nodes=nodes, edges=edges, senders=senders, receivers=receivers,
+                             n_node=graph_n_node, n_edge=graph_n_edge, globals=None)
+  return {'inputs': inputs, 'targets': targets, 'weights': weights}
 
 
 def embedded_examples(data: EmbeddedData, split: str, shuffle_seed: Optional[int] = None,
