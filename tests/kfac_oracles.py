@@ -1,7 +1,8 @@
 """Independent references for the K-FAC statistics tests: dense GGN blocks and brute-force loops.
 
-Nothing here uses `kfac`: the GGN comes from `jax.jacobian`/`jax.hessian` of the whole model, and
+The oracles do not use `kfac`: the GGN comes from `jax.jacobian`/`jax.hessian` of the whole model,
 the brute-force factors from explicit loops over examples, positions and graphs.
+`factors_for_configs` runs `kfac.compute_factors` for several configurations in one compilation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import kfac
+
 LayerPath = Tuple[str, ...]
+
+
+def factors_for_configs(apply_fn: Callable, params: Any, inputs: Any, targets: Any,
+                        configs: Sequence[Dict[str, Any]], mask: Any = None, rng: Any = None
+                        ) -> list:
+  """`kfac.compute_factors` for every configuration (a dict of keyword arguments), in one
+  jitted program (compilation dominates the tests' run time)."""
+  @jax.jit
+  def compute(params, inputs, targets, mask, rng):
+    return [kfac.compute_factors(apply_fn, params, inputs, targets, mask=mask, rng=rng, **config)
+            for config in configs]
+
+  return compute(params, inputs, targets, mask, rng)
 
 
 def batch_mean_loss(loss: str, logits: jax.Array, targets: jax.Array,

@@ -12,6 +12,7 @@ import pytest
 
 import kfac
 from kfac import capture, layers
+from tests import kfac_oracles as oracles
 
 
 class Mixed(nn.Module):
@@ -28,11 +29,13 @@ class Mixed(nn.Module):
     return nn.Dense(5)(jnp.concatenate([x.reshape(x.shape[0], -1), y.mean(axis=(1, 2))], -1))
 
 
-def _mixed_batch():
+@pytest.fixture(name='mixed', scope='module')
+def fixture_mixed():
+  """`(apply_fn, variables, inputs)` of the `Mixed` model."""
   tokens = jnp.array([[1, 2, 3, 4], [5, 6, 7, 8]])
   image = jax.random.normal(jax.random.key(0), (2, 6, 6, 2))
   model = Mixed()
-  variables = model.init(jax.random.key(1), tokens, image)
+  variables = jax.jit(model.init)(jax.random.key(1), tokens, image)
 
   def apply_fn(params, inputs):
     return model.apply(params, *inputs)
@@ -40,8 +43,8 @@ def _mixed_batch():
   return apply_fn, variables, (tokens, image)
 
 
-def test_report_covers_dense_densegeneral_conv_and_explains_the_rest():
-  apply_fn, variables, inputs = _mixed_batch()
+def test_report_covers_dense_densegeneral_conv_and_explains_the_rest(mixed):
+  apply_fn, variables, inputs = mixed
   report = kfac.layer_report(apply_fn, variables, inputs)
   expected = {
       ('MultiHeadDotProductAttention_0', 'query'): ('dense_general', 4, 4, (4, 2, 2)),
@@ -69,9 +72,9 @@ def test_report_covers_dense_densegeneral_conv_and_explains_the_rest():
   assert 'grouped convolution' in reasons['Conv_1', 'kernel']
 
 
-def test_kernel_matrix_round_trip_and_layout():
+def test_kernel_matrix_round_trip_and_layout(mixed):
   """`kernel_matrix` flattens (input axes, output axes) and puts the bias row last."""
-  apply_fn, variables, inputs = _mixed_batch()
+  apply_fn, variables, inputs = mixed
   report = kfac.layer_report(apply_fn, variables, inputs)
   info = report.layers['DenseGeneral_0',]
   module = variables['params']['DenseGeneral_0']
@@ -84,25 +87,36 @@ def test_kernel_matrix_round_trip_and_layout():
   np.testing.assert_array_equal(bias, module['bias'])
 
 
-def test_captured_inputs_and_gradients_reproduce_parameter_gradients():
+def test_captured_inputs_and_gradients_reproduce_parameter_gradients(mixed):
   """For every covered layer, `sum_rows a g^T` of the captured input and output gradient equals
   `d <f, c> / d [kernel; bias]` by `jax.grad`: the probes see the right tensors."""
-  apply_fn, variables, inputs = _mixed_batch()
+  apply_fn, variables, inputs = mixed
   report = kfac.layer_report(apply_fn, variables, inputs)
-  forward = capture.capture_forward(apply_fn, variables, inputs, report)
-  np.testing.assert_allclose(forward.output, apply_fn(variables, inputs), rtol=1e-6)
-  cotangent = jax.random.normal(jax.random.key(2), forward.output.shape)
-  output_gradients = forward.output_gradients(cotangent)
-  parameter_gradients = jax.grad(lambda p: jnp.vdot(apply_fn(dict(variables, params=p), inputs),
-                                                    cotangent))(variables['params'])
-  for path, info in report.layers.items():
-    (call,), (x,), (g,) = info.calls, forward.layer_inputs[path], output_gradients[path]
-    a = layers.input_rows(info, call, x).reshape(-1, info.p_in)
-    a = jnp.concatenate([a, jnp.ones((a.shape[0], 1))], axis=1)
-    g = layers.output_rows(info, call, g[None]).reshape(-1, info.p_out)
-    module = functools.reduce(lambda tree, name: tree[name], path, parameter_gradients)
-    np.testing.assert_allclose(a.T @ g, kfac.kernel_matrix(info, module['kernel'], module['bias']),
-                               rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+  @jax.jit
+  def captured_and_direct(variables, inputs, cotangent):
+    forward = capture.capture_forward(apply_fn, variables, inputs, report)
+    output_gradients = forward.output_gradients(cotangent)
+    parameter_gradients = jax.grad(
+        lambda p: jnp.vdot(apply_fn(dict(variables, params=p), inputs), cotangent))(
+            variables['params'])
+    captured, direct = {}, {}
+    for path, info in report.layers.items():
+      (call,), (x,), (g,) = info.calls, forward.layer_inputs[path], output_gradients[path]
+      a = layers.input_rows(info, call, x).reshape(-1, info.p_in)
+      a = jnp.concatenate([a, jnp.ones((a.shape[0], 1))], axis=1)
+      g = layers.output_rows(info, call, g[None]).reshape(-1, info.p_out)
+      captured[path] = a.T @ g
+      module = functools.reduce(lambda tree, name: tree[name], path, parameter_gradients)
+      direct[path] = kfac.kernel_matrix(info, module['kernel'], module['bias'])
+    return forward.output, captured, direct
+
+  cotangent = jax.random.normal(jax.random.key(2), (2, 5))
+  output, captured, direct = captured_and_direct(variables, inputs, cotangent)
+  np.testing.assert_allclose(output, jax.jit(apply_fn)(variables, inputs), rtol=1e-5, atol=1e-6)
+  for path in report.layers:
+    np.testing.assert_allclose(captured[path], direct[path], rtol=1e-4, atol=1e-5,
+                               err_msg=str(path))
 
 
 class SharedDense(nn.Module):
@@ -122,21 +136,21 @@ class SharedDense(nn.Module):
     return self.head(jnp.tanh(hidden))
 
 
-@pytest.mark.parametrize('flavour', ['expand', 'reduce'])
-def test_shared_module_calls_are_extra_weight_sharing_positions(flavour):
+def test_shared_module_calls_are_extra_weight_sharing_positions():
   """A module called twice gets the factors of one call on the concatenated positions."""
   x = jax.random.normal(jax.random.key(0), (3, 4, 5))
   targets = jnp.array([[[0.1, 0.2]] * 4] * 3)
-  params = SharedDense(split=False).init(jax.random.key(1), x)
+  params = jax.jit(SharedDense(split=False).init)(jax.random.key(1), x)
   split_report = kfac.layer_report(SharedDense(split=True).apply, params, x)
   assert [call.input_shape for call in split_report.layers['dense',].calls] == [(3, 1, 5),
                                                                                (3, 3, 5)]
-  config = dict(loss='mse', flavour=flavour, fisher_type='type2')
-  split = kfac.compute_factors(SharedDense(split=True).apply, params, x, targets, **config)
-  whole = kfac.compute_factors(SharedDense(split=False).apply, params, x, targets, **config)
-  for path in whole:
-    for split_factor, factor in zip(split[path], whole[path]):
-      np.testing.assert_allclose(split_factor, factor, rtol=1e-5, atol=1e-6)
+  configs = [dict(loss='mse', flavour=flavour, fisher_type='type2') for flavour in kfac.FLAVOURS]
+  split = oracles.factors_for_configs(SharedDense(split=True).apply, params, x, targets, configs)
+  whole = oracles.factors_for_configs(SharedDense(split=False).apply, params, x, targets, configs)
+  for split_factors, factors in zip(split, whole):
+    for path in factors:
+      for split_factor, factor in zip(split_factors[path], factors[path]):
+        np.testing.assert_allclose(split_factor, factor, rtol=1e-5, atol=1e-6)
 
 
 class Flattening(nn.Module):
@@ -150,7 +164,7 @@ class Flattening(nn.Module):
 
 def test_layer_whose_rows_are_not_examples_is_reported_uncovered():
   x = jnp.ones((2, 3, 4))
-  params = Flattening().init(jax.random.key(0), x)
+  params = jax.eval_shape(Flattening().init, jax.random.key(0), x)
   report = kfac.layer_report(Flattening().apply, params, x)
   assert list(report.layers) == [('Dense_1',)]
   assert 'not the example axis' in report.uncovered['Dense_0', 'kernel']
@@ -179,7 +193,7 @@ def _graph(n_node, n_edge):
 def test_graph_rows_matched_by_size_ambiguity_raises_and_override_resolves():
   model = NodeAndGlobalDense()
   distinct = _graph([2, 3], [1, 2])
-  params = model.init(jax.random.key(0), distinct)
+  params = jax.eval_shape(model.init, jax.random.key(0), distinct)
   report = kfac.layer_report(model.apply, params, distinct)
   assert [info.calls[0].rows for info in report.layers.values()] == ['nodes', 'graphs']
   ambiguous = _graph([2, 3], [4, 1])  # 5 nodes and 5 edges
@@ -209,7 +223,7 @@ def test_jit_equals_eager_and_low_precision_accumulates_in_float32():
   config = dict(loss='softmax_cross_entropy', flavour='reduce', fisher_type='mc',
                 flavour_overrides={'head': 'expand'})
   model = SharedDense(split=True)
-  params = model.init(jax.random.key(1), x)
+  params = jax.jit(model.init)(jax.random.key(1), x)
   rng = jax.random.key(2)
   eager = kfac.compute_factors(model.apply, params, x, targets, rng=rng, **config)
   jitted = jax.jit(functools.partial(kfac.compute_factors, model.apply, **config))(

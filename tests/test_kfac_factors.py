@@ -1,8 +1,6 @@
 """`kfac.compute_factors` against the exact GGN (dense `jax.jacobian`/`jax.hessian`) and against
 brute-force loops over examples and positions (tests/kfac_oracles.py)."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,22 +43,11 @@ class MLP(nn.Module):
     return nn.Dense(3, bias_init=nn.initializers.normal(0.5))(x)
 
 
-def factors_for_configs(apply_fn, params, inputs, targets, configs, mask=None, rng=None):
-  """`kfac.compute_factors` for every configuration (a dict of keyword arguments), in one
-  jitted program (one compilation per test keeps the suite fast)."""
-  @jax.jit
-  def compute(params, inputs, targets, mask, rng):
-    return [kfac.compute_factors(apply_fn, params, inputs, targets, mask=mask, rng=rng, **config)
-            for config in configs]
-
-  return compute(params, inputs, targets, mask, rng)
-
-
 def _kronecker_errors(model, x, loss, targets):
   """Per flavour and layer, the relative error of `A kron B` vs the exact GGN block (type2)."""
-  params = model.init(jax.random.key(1), x)
+  params = jax.jit(model.init)(jax.random.key(1), x)
   configs = [dict(loss=loss, flavour=flavour, fisher_type='type2') for flavour in kfac.FLAVOURS]
-  all_factors = factors_for_configs(model.apply, params, x, targets, configs)
+  all_factors = oracles.factors_for_configs(model.apply, params, x, targets, configs)
   ggn = oracles.exact_ggn_blocks(model.apply, params, x, list(all_factors[0]),
                                  lambda f: oracles.batch_mean_loss(loss, f, targets))
   return {config['flavour']: {path: oracles.relative_error(np.kron(a, b), ggn[path])
@@ -114,7 +101,7 @@ def _assert_matches_brute_force(model, params, inputs, targets, loss, examples_o
       np.asarray(mask).reshape(num_examples, -1) > 0, axis=1)
   configs = [dict(loss=loss, flavour=flavour, fisher_type=fisher_type)
              for fisher_type in fisher_types for flavour in kfac.FLAVOURS]
-  all_factors = factors_for_configs(model.apply, params, inputs, targets, configs, mask=mask)
+  all_factors = oracles.factors_for_configs(model.apply, params, inputs, targets, configs, mask=mask)
   curvatures = {fisher_type: oracles.output_curvature(loss, fisher_type, output, targets, mask)
                 for fisher_type in fisher_types}
   for config, factors in zip(configs, all_factors):
@@ -160,7 +147,7 @@ def test_attention_projections_match_brute_force():
   """q/k/v/out DenseGeneral projections and MLP Dense layers of a transformer block."""
   x = jax.random.normal(jax.random.key(0), (2, 3, 4))
   model = TinyTransformer()
-  params = model.init(jax.random.key(1), x)
+  params = jax.jit(model.init)(jax.random.key(1), x)
   targets = jnp.array([0, 2])
   _assert_matches_brute_force(model, params, x, targets, 'softmax_cross_entropy',
                               _sequence_examples)
@@ -217,7 +204,7 @@ def test_convolution_matches_brute_force(name):
   config = CONV_CONFIGS[name]
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, 2))
   model = ConvNet(config)
-  params = model.init(jax.random.key(1), x)
+  params = jax.jit(model.init)(jax.random.key(1), x)
   geometry = {('Conv_0',): config,
               ('Conv_1',): dict(kernel_size=(2, 2), strides=(1, 1), padding=((0, 0), (0, 0)),
                                 kernel_dilation=(1, 1))}
@@ -296,17 +283,17 @@ def test_graph_network_matches_brute_force_and_ignores_padding():
   mask[0, 1] = 0.0
   mask[3:] = 0.0
   model = TinyGraphNet()
-  params = model.init(jax.random.key(0), padded)
+  params = jax.jit(model.init)(jax.random.key(0), padded)
   _assert_matches_brute_force(model, params, padded, targets, 'sigmoid_cross_entropy',
                               _graph_examples(padded), mask=mask)
-  configs = [dict(loss='sigmoid_cross_entropy', flavour=flavour, fisher_type='mc')
-             for flavour in kfac.FLAVOURS]
+  # MC labels are drawn per example index: padding graphs appended last change no draw.
+  configs = [dict(loss='sigmoid_cross_entropy', flavour='reduce', fisher_type='mc',
+                  flavour_overrides={'Dense_0': 'expand', 'Dense_2': 'expand'})]
   rng = jax.random.key(3)
-  with_padding = factors_for_configs(model.apply, params, padded, targets, configs, mask=mask,
-                                     rng=rng)
-  without = factors_for_configs(model.apply, params, graph, targets[:3], configs, mask=mask[:3],
-                                rng=rng)
-  for padded_factors, factors in zip(with_padding, without):
-    for path in factors:
-      for padded_factor, factor in zip(padded_factors[path], factors[path]):
-        np.testing.assert_allclose(padded_factor, factor, rtol=1e-5, atol=1e-6)
+  (with_padding,) = oracles.factors_for_configs(model.apply, params, padded, targets, configs,
+                                                mask=mask, rng=rng)
+  (without,) = oracles.factors_for_configs(model.apply, params, graph, targets[:3], configs,
+                                           mask=mask[:3], rng=rng)
+  for path in without:
+    for padded_factor, factor in zip(with_padding[path], without[path]):
+      np.testing.assert_allclose(padded_factor, factor, rtol=1e-5, atol=1e-6)
