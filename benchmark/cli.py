@@ -84,7 +84,7 @@ def cmd_run(args: List[str]) -> int:
   runner.run_experiment(workload, submission, spec.submission_name(submission_path),
                         search_space, settings, log=_log)
   root = os.path.join(FLAGS.experiment_dir, FLAGS.experiment_name)
-  print(report.render(root, 'markdown'))
+  print(report.render(root, 'leaderboard'))
   return 0
 
 

@@ -468,10 +468,17 @@ def render(experiment_dir: str, fmt: str = 'markdown') -> str:
 
   Args:
     experiment_dir: the experiment folder (or any folder above trial folders).
-    fmt: 'markdown' (the page without figures), 'json' (the list of leaderboard rows) or
-      'json_full' (the whole report object).
+    fmt: 'markdown' (the page without figures), 'leaderboard' (the leaderboard tables only),
+      'json' (the list of leaderboard rows) or 'json_full' (the whole report object).
   """
   report = build_report(experiment_dir)
+  if fmt == 'leaderboard':
+    if not report['rows']:
+      return f'no finished trials under {experiment_dir}'
+    blocks = _leaderboard_blocks(report['rows'])
+    end = next(i for i, b in enumerate(blocks)
+               if isinstance(b, Heading) and b.text.startswith('Diverged'))
+    return to_markdown(blocks[:end]).rstrip('\n')
   if fmt == 'json':
     return _dump_json(report['rows'])
   if fmt == 'json_full':

@@ -1,8 +1,9 @@
 """`make run`: the default job on the embedded data, from data build to leaderboard.
 
 Trains each default submission of the workload (`DEFAULT_SUBMISSIONS`) on its small config with
-its fixed reference hyperparameters (the first point of its search space), one study, until the
-validation target or the step budget, then prints the leaderboard. Every run writes a new
+fixed hyperparameters (`tuning_search_spaces/<workload>/<submission>_tuned.json` when it exists,
+else the first point of `<submission>.json`), one study, until the validation target or the step
+budget, then prints the leaderboard and writes the full report (Markdown, HTML, JSON, PNG). Every run writes a new
 experiment folder `<experiment_dir>/run_<workload>_<config>_<UTC time>`, so runs stay apart and
 nothing is overwritten.
 """
@@ -22,7 +23,7 @@ import workloads
 
 # workload -> submissions trained by `make run`, in order, each with its search space file.
 DEFAULT_SUBMISSIONS = {
-    'ogbg_molpcba': ('nesterov',),
+    'ogbg_molpcba': ('nesterov', 'kfac_expand', 'kfac_reduce'),
 }
 
 FLAGS = flags.FLAGS
@@ -30,6 +31,13 @@ flags.DEFINE_string('workload', 'ogbg_molpcba', 'Workload to run.')
 flags.DEFINE_string('config', 'small', 'Workload config.')
 flags.DEFINE_string('experiment_dir', 'experiments', 'Where the experiment folder is written.')
 flags.DEFINE_integer('rng_seed', 0, 'Seed of the run.')
+
+
+def fixed_point_space(workload: str, submission_name: str) -> str:
+  """The search-space file `make run` trains with: the tuned point when there is one."""
+  folder = os.path.join('tuning_search_spaces', workload)
+  tuned = os.path.join(folder, f'{submission_name}_tuned.json')
+  return tuned if os.path.isfile(tuned) else os.path.join(folder, f'{submission_name}.json')
 
 
 def main(argv) -> int:
@@ -49,8 +57,7 @@ def main(argv) -> int:
     for submission_name in DEFAULT_SUBMISSIONS[FLAGS.workload]:
       path = os.path.join('submissions', FLAGS.workload, f'{submission_name}.py')
       submission = spec.load_submission(path)
-      space = tuning.load_search_space(
-          os.path.join('tuning_search_spaces', FLAGS.workload, f'{submission_name}.json'))
+      space = tuning.load_search_space(fixed_point_space(FLAGS.workload, submission_name))
       settings = runner.ExperimentSettings(
           experiment_dir=FLAGS.experiment_dir, experiment_name=name,
           trial=runner.TrialSettings(rng_seed=FLAGS.rng_seed, max_global_steps=workload.step_hint))
@@ -58,8 +65,10 @@ def main(argv) -> int:
                             log=lambda m: print(m, flush=True))
     root = os.path.join(FLAGS.experiment_dir, name)
     print()
-    print(report.render(root, 'markdown'))
-    print(f'\nresults: {root}  (kfac-bench report {root} --format=json)')
+    print(report.render(root, 'leaderboard'))
+    paths = report.write_report(root, os.path.join(root, 'report'))
+    html = next(p for p in paths if p.endswith('.html'))
+    print(f'\nresults: {root}\nreport: {html}')
     print(f'make run took {time.perf_counter() - started:.0f} s')
   except BenchmarkError as e:
     print(f'make run: error: {e}', file=sys.stderr)
