@@ -203,14 +203,13 @@ def tfds_examples(split: str, data_dir: str, tfds_name: str,
   """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-  shuffle = shuffle_seed is not None
-  file_seed, buffer_seed = (np.random.SeedSequence(shuffle_seed).generate_state(2)
-                            if shuffle else (None, None))
-  dataset = tfds.load(tfds_name, split=split, data_dir=data_dir, shuffle_files=shuffle,
-                      read_config=tfds.ReadConfig(
-                          shuffle_seed=None if file_seed is None else int(file_seed)))
-  if shuffle:
+  if shuffle_seed is None:
+    dataset = tfds.load(tfds_name, split=split, data_dir=data_dir, shuffle_files=False)
+    if num_examples is not None:
+      dataset = dataset.take(num_examples)
+  else:
+    file_seed, buffer_seed = np.random.SeedSequence(shuffle_seed).generate_state(2)
+    dataset = tfds.load(tfds_name, split=split, data_dir=data_dir, shuffle_files=True,
+                        read_config=tfds.ReadConfig(shuffle_seed=int(file_seed)))
     dataset = dataset.shuffle(shuffle_buffer_size, seed=int(buffer_seed)).repeat()
-  elif num_examples is not None:
-    dataset = dataset.take(num_examples)
   return iter(tfds.as_numpy(dataset))

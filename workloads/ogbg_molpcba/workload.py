@@ -20,9 +20,6 @@ import optax
 from benchmark import spec
 from workloads.ogbg_molpcba import configs, embedded_data, input_pipeline, metrics, model
 
-# Node and edge feature widths of OGB's molecule featurisation.
-NUM_NODE_FEATURES = 9
-NUM_EDGE_FEATURES = 3
 # Splits `_build_input_queue` accepts; 'eval_train' is the first `num_eval_train_examples`
 # training molecules in stored order (what `eval_model` scores as 'train').
 INPUT_SPLITS = ('train', 'eval_train', 'validation', 'test')
@@ -251,7 +248,8 @@ class OgbgMolpcbaWorkload(spec.Workload):
     self._model = self._build_model(dropout_rate)
     params_rng, dropout_rng = jax.random.split(rng)
     fake_graph = jraph.GraphsTuple(
-        nodes=jnp.ones((1, NUM_NODE_FEATURES)), edges=jnp.ones((1, NUM_EDGE_FEATURES)),
+        nodes=jnp.ones((1, embedded_data.NUM_ATOM_FEATURES)),
+        edges=jnp.ones((1, embedded_data.NUM_BOND_FEATURES)),
         senders=jnp.zeros((1,), jnp.int32), receivers=jnp.zeros((1,), jnp.int32),
         n_node=jnp.ones((1,), jnp.int32), n_edge=jnp.ones((1,), jnp.int32), globals=None)
     init_fn = jax.jit(functools.partial(self._model.init, train=False))
