@@ -79,7 +79,7 @@ def test_every_weight_layer_is_called_once_under_its_parameter_path():
   config = configs.get_config('tiny')
   model = ViT(**config.model)
   images = jnp.zeros((2, 32, 32, 3))
-  params = model.init(jax.random.PRNGKey(0), images)['params']
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)['params']
   calls = []
 
   def record(next_fun, args, kwargs, context):
@@ -88,8 +88,8 @@ def test_every_weight_layer_is_called_once_under_its_parameter_path():
       calls.append(context.module.path)
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(record):
-    model.apply({'params': params}, images)
+  with nn.intercept_methods(record):  # Tracing suffices: the calls are recorded at trace time.
+    jax.eval_shape(model.apply, {'params': params}, images)
   kernel_paths = {path[:-1] for path in flatten_dict(params) if path[-1] == 'kernel'}
   assert len(calls) == len(set(calls)) == len(kernel_paths)
   assert set(calls) == kernel_paths

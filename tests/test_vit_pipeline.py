@@ -60,19 +60,26 @@ def test_eval_splits_pass_once_and_pad_the_last_batch(full_workload, split):
 
 
 def test_missing_or_empty_data_dir_is_a_benchmark_error(tmp_path):
-  with pytest.raises(spec.BenchmarkError, match='does not exist'):
-    get_workload('imagenet_vit', 'full', data_dir=str(tmp_path / 'absent'))
   with pytest.raises(spec.BenchmarkError, match='needs --data_dir'):
-    get_workload('imagenet_vit', 'full')
-  workload = get_workload('imagenet_vit', 'full', data_dir=str(tmp_path))
+    get_workload('imagenet_vit', 'full').check_data_available()
+  absent = get_workload('imagenet_vit', 'full', data_dir=str(tmp_path / 'absent'))
+  with pytest.raises(spec.BenchmarkError, match='does not exist'):
+    absent.check_data_available()
+  empty = get_workload('imagenet_vit', 'full', data_dir=str(tmp_path))
   with pytest.raises(spec.BenchmarkError, match='imagenet2012.*not prepared'):
-    workload.build_input_queue(jax.random.PRNGKey(0), 'train', None, BATCH)
+    empty.check_data_available()
+  with pytest.raises(spec.BenchmarkError, match='imagenet2012.*not prepared'):
+    empty.build_input_queue(jax.random.PRNGKey(0), 'train', None, BATCH)
   train_only = tmp_path / 'train_only'
   prepared_data_dir(str(train_only))
   os.remove(train_only / 'imagenet_v2' / 'matched-frequency' / '3.0.0' / 'dataset_info.json')
   workload = get_workload('imagenet_vit', 'full', data_dir=str(train_only))
   with pytest.raises(spec.BenchmarkError, match='imagenet_v2.*not prepared'):
+    workload.check_data_available()
+  with pytest.raises(spec.BenchmarkError, match='imagenet_v2.*not prepared'):
     workload.build_input_queue(jax.random.PRNGKey(0), 'test', None, BATCH)
+  get_workload('imagenet_vit', 'full', data_dir=prepared_data_dir(str(tmp_path / 'ok'))
+               ).check_data_available()
 
 
 def test_full_config_targets_and_budgets():

@@ -1,5 +1,7 @@
 """The Wide ResNet: parameter counts by hand, shapes, names, BatchNorm state in train and eval."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +64,7 @@ def test_bad_depth_is_refused():
 def test_every_weight_layer_is_called_once_under_its_parameter_path():
   model = WideResNet(depth=10, widen_factor=2, num_classes=10)
   images = jnp.zeros((2, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), images)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
   calls = []
 
   def record(next_fun, args, kwargs, context):
@@ -70,8 +72,9 @@ def test_every_weight_layer_is_called_once_under_its_parameter_path():
       calls.append(context.module.path)
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(record):
-    model.apply(variables, images, train=True, mutable=['batch_stats'])
+  with nn.intercept_methods(record):  # Tracing suffices: the calls are recorded at trace time.
+    jax.eval_shape(functools.partial(model.apply, train=True, mutable=['batch_stats']),
+                   variables, images)
   kernel_paths = {path[:-1] for path in flatten_dict(variables['params'])
                   if path[-1] == 'kernel'}
   assert len(calls) == len(set(calls)) == len(kernel_paths)
@@ -96,7 +99,7 @@ def test_model_state_holds_batch_norm_statistics(tiny):
                                 False)
   assert logits.shape == (6, 10)
   types = jax.tree.leaves(workload.model_params_types)
-  assert types.count(spec.ParameterType.CONV_WEIGHT) == 7  # stem, 3 x 2 convs
+  assert types.count(spec.ParameterType.CONV_WEIGHT) == 9  # stem, 3 x 2 convs, 2 projections
   assert types.count(spec.ParameterType.BATCH_NORM_SCALE) == 7
   assert workload.is_output_params(('head', 'bias'))
 

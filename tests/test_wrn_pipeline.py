@@ -96,11 +96,18 @@ def test_train_augmentation_is_a_crop_of_the_4_pixel_padding_maybe_flipped():
 
 
 def test_missing_or_empty_data_dir_is_a_benchmark_error(tmp_path):
+  with pytest.raises(spec.BenchmarkError, match='needs --data_dir'):
+    get_workload('cifar_wrn', 'full').check_data_available()
+  absent = get_workload('cifar_wrn', 'full', data_dir=str(tmp_path / 'absent'))
   with pytest.raises(spec.BenchmarkError, match='does not exist'):
-    get_workload('cifar_wrn', 'full', data_dir=str(tmp_path / 'absent'))
-  workload = get_workload('cifar_wrn', 'full', data_dir=str(tmp_path))
+    absent.check_data_available()
+  empty = get_workload('cifar_wrn', 'full', data_dir=str(tmp_path))
   with pytest.raises(spec.BenchmarkError, match='cifar10.*not prepared'):
-    workload.build_input_queue(jax.random.PRNGKey(0), 'validation', None, BATCH)
+    empty.check_data_available()
+  with pytest.raises(spec.BenchmarkError, match='cifar10.*not prepared'):
+    empty.build_input_queue(jax.random.PRNGKey(0), 'validation', None, BATCH)
+  get_workload('cifar_wrn', 'full', data_dir=prepared_data_dir(str(tmp_path / 'ok'))
+               ).check_data_available()
 
 
 def test_full_config_targets_and_budgets():

@@ -12,7 +12,7 @@ embedded path never loads them.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
@@ -108,20 +108,24 @@ def tf_batches(dataset: Any) -> Iterator[Batch]:
     yield with_weights(batch['inputs'], batch['targets'])
 
 
-def tfds_builder(name: str, data_dir: str) -> Any:
-  """The tensorflow-datasets builder of `name` (e.g. `cifar10:3.0.2`) under `data_dir`.
-
-  Raises:
-    BenchmarkError: the data set is not prepared there: `<data_dir>/<name>/<version>/`
-      (tfds's layout) has no `dataset_info.json`.
-  """
-  path = os.path.join(data_dir, *name.replace(':', '/').split('/'))
-  if not os.path.isfile(os.path.join(path, 'dataset_info.json')):
+def check_tfds_prepared(data_dir: Optional[str], name: str) -> None:
+  """Raises BenchmarkError unless `data_dir` holds the prepared tfds data set `name` (e.g.
+  `cifar10:3.0.2`): tfds's layout `<data_dir>/<name>/<version>/dataset_info.json`."""
+  if not data_dir:
+    raise spec.BenchmarkError(f'tensorflow-datasets data set {name!r} needs --data_dir')
+  if not os.path.isdir(data_dir):
+    raise spec.BenchmarkError(f'data directory {data_dir!r} does not exist')
+  info = os.path.join(data_dir, *name.replace(':', '/').split('/'), 'dataset_info.json')
+  if not os.path.isfile(info):
     raise spec.BenchmarkError(
-        f'tensorflow-datasets data set {name!r} is not prepared under {data_dir!r} (no '
-        f'{os.path.join(path, "dataset_info.json")}); prepare it with `tfds build '
-        f'{name.split(":")[0]} --data_dir={data_dir}` (ImageNet needs its manual download '
-        f'first) or pass the --data_dir that holds it')
+        f'tensorflow-datasets data set {name!r} is not prepared under {data_dir!r} (no {info}); '
+        f'prepare it with `tfds build {name.split(":")[0]} --data_dir={data_dir}` (ImageNet '
+        f'needs its manual download first) or pass the --data_dir that holds it')
+
+
+def tfds_builder(name: str, data_dir: Optional[str]) -> Any:
+  """The tensorflow-datasets builder of `name` under `data_dir` (checked first)."""
+  check_tfds_prepared(data_dir, name)
   import tensorflow_datasets as tfds
 
   return tfds.builder(name, data_dir=data_dir)

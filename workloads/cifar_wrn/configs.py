@@ -1,5 +1,6 @@
 """Configs of the CIFAR-10 Wide ResNet workload: `full` (WRN-16-4 on CIFAR-10), `small`
-(WRN-16-1 on the embedded 32x32 digits) and `tiny` (WRN-10-1, seconds, for tests).
+(WRN-10-1 on the embedded 32x32 digits, batch 64) and `tiny` (the same network at batch 16 with
+short budgets, for tests).
 
 Every target, budget and batch size is named here once. AlgoPerf values are from
 mlcommons/algorithmic-efficiency (`algoperf/workloads/cifar`) and shared/DESIGN.md section 3.
@@ -23,10 +24,18 @@ DIGITS_SPLIT_SIZES = image_data.split_sizes(image_data.NUM_EXAMPLES)
 
 # PROVISIONAL: the lead replaces these with values from measured Nesterov reference runs on the
 # embedded digits (DESIGN section 4); nothing else in this file is provisional.
-PROVISIONAL_SMALL_VALIDATION_TARGET = 0.95
-PROVISIONAL_SMALL_TEST_TARGET = 0.95
+PROVISIONAL_SMALL_VALIDATION_TARGET = 0.97
+PROVISIONAL_SMALL_TEST_TARGET = 0.97
 PROVISIONAL_TINY_VALIDATION_TARGET = 0.5
 PROVISIONAL_TINY_TEST_TARGET = 0.5
+
+# Small budgets. Measured: Nesterov SGD (momentum 0.9, L2 5e-4, lr 0.1 with 25 warmup steps
+# and a cosine decay over 500, batch 64) takes WRN-10-1 to 0.94 / 0.98 validation accuracy at
+# steps 100 / 150 on the digits, at 0.5-0.8 s a step on 2 shared CPU cores (load average ~8);
+# WRN-16-1 reached only 0.91 at step 100 at 2.5-3.7 s a step (load ~12), hence WRN-10-1.
+# 1,000 steps leave room for untuned and K-FAC runs, whose steps cost more.
+SMALL_STEP_HINT = 1_000
+SMALL_MAX_RUNTIME_SEC = 1_800
 
 
 def _full() -> ml_collections.ConfigDict:
@@ -88,16 +97,16 @@ def get_config(config_name: str) -> ml_collections.ConfigDict:
     return _full()
   if config_name == 'small':
     return _embedded(
-        depth=16, widen_factor=1, batch_size=128, eval_batch_size=256,
+        depth=10, widen_factor=1, batch_size=64, eval_batch_size=256,
         validation_target=PROVISIONAL_SMALL_VALIDATION_TARGET,
         test_target=PROVISIONAL_SMALL_TEST_TARGET,
-        step_hint=1_000, max_allowed_runtime_sec=900, eval_period_time_sec=30,
-        eval_period_steps=50)
+        step_hint=SMALL_STEP_HINT, max_allowed_runtime_sec=SMALL_MAX_RUNTIME_SEC,
+        eval_period_time_sec=60, eval_period_steps=50)
   if config_name == 'tiny':
     return _embedded(
-        depth=10, widen_factor=1, batch_size=32, eval_batch_size=64,
+        depth=10, widen_factor=1, batch_size=16, eval_batch_size=64,
         validation_target=PROVISIONAL_TINY_VALIDATION_TARGET,
         test_target=PROVISIONAL_TINY_TEST_TARGET,
-        step_hint=200, max_allowed_runtime_sec=120, eval_period_time_sec=5,
+        step_hint=200, max_allowed_runtime_sec=120, eval_period_time_sec=10,
         eval_period_steps=20)
   raise BenchmarkError(f'unknown cifar_wrn config {config_name!r}; choose full, small or tiny')

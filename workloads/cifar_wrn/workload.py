@@ -3,7 +3,7 @@ embedded digits otherwise. Targets and budgets are in `configs.py`."""
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Tuple
 
 import ml_collections
 from flax import linen as nn
@@ -27,6 +27,10 @@ class CifarWrnWorkload(ImageClassificationWorkload):
   @staticmethod
   def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     return WideResNet(**config.model)
+
+  @property
+  def tfds_names(self) -> Tuple[str, ...]:
+    return (self.config.tfds.name,)
 
   def _tfds_train_batches(self, data_dir: str, seed: int,
                           batch_size: int) -> Iterator[image_pipeline.Batch]:

@@ -21,10 +21,17 @@ DIGITS_SPLIT_SIZES = image_data.split_sizes(image_data.NUM_EXAMPLES)
 
 # PROVISIONAL: the lead replaces these with values from measured Nesterov reference runs on the
 # embedded digits (DESIGN section 4); nothing else in this file is provisional.
-PROVISIONAL_SMALL_VALIDATION_TARGET = 0.9
-PROVISIONAL_SMALL_TEST_TARGET = 0.9
+PROVISIONAL_SMALL_VALIDATION_TARGET = 0.95
+PROVISIONAL_SMALL_TEST_TARGET = 0.95
 PROVISIONAL_TINY_VALIDATION_TARGET = 0.5
 PROVISIONAL_TINY_TEST_TARGET = 0.5
+
+# Small budgets. Measured: Nesterov SGD (momentum 0.9, L2 5e-4, lr 0.1 with 20 warmup steps
+# and a cosine decay over 400, batch 64) takes the small ViT to 0.93 / 0.96 / 0.967 validation
+# accuracy at steps 200 / 250 / 350, at 1.1-1.5 s a step on 2 shared CPU cores (load average
+# ~10). 1,000 steps leave room for untuned and K-FAC runs, whose steps cost more.
+SMALL_STEP_HINT = 1_000
+SMALL_MAX_RUNTIME_SEC = 1_800
 
 
 def _full() -> ml_collections.ConfigDict:
@@ -96,17 +103,17 @@ def get_config(config_name: str) -> ml_collections.ConfigDict:
   if config_name == 'small':
     return _embedded(
         model=dict(patch_size=4, width=64, depth=4, mlp_dim=256, num_heads=4),
-        batch_size=128, eval_batch_size=256,
+        batch_size=64, eval_batch_size=256,
         validation_target=PROVISIONAL_SMALL_VALIDATION_TARGET,
         test_target=PROVISIONAL_SMALL_TEST_TARGET,
-        step_hint=2_000, max_allowed_runtime_sec=600, eval_period_time_sec=30,
-        eval_period_steps=50)
+        step_hint=SMALL_STEP_HINT, max_allowed_runtime_sec=SMALL_MAX_RUNTIME_SEC,
+        eval_period_time_sec=60, eval_period_steps=50)
   if config_name == 'tiny':
     return _embedded(
-        model=dict(patch_size=8, width=32, depth=1, mlp_dim=64, num_heads=2),
+        model=dict(patch_size=8, width=32, depth=1, mlp_dim=128, num_heads=2),
         batch_size=32, eval_batch_size=64,
         validation_target=PROVISIONAL_TINY_VALIDATION_TARGET,
         test_target=PROVISIONAL_TINY_TEST_TARGET,
-        step_hint=200, max_allowed_runtime_sec=60, eval_period_time_sec=5,
+        step_hint=200, max_allowed_runtime_sec=120, eval_period_time_sec=10,
         eval_period_steps=20)
   raise BenchmarkError(f'unknown imagenet_vit config {config_name!r}; choose full, small or tiny')

@@ -3,7 +3,7 @@ a small ViT on the embedded digits otherwise. Targets and budgets are in `config
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Tuple
 
 import ml_collections
 from flax import linen as nn
@@ -26,6 +26,10 @@ class ImagenetVitWorkload(ImageClassificationWorkload):
   @staticmethod
   def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     return ViT(**config.model)
+
+  @property
+  def tfds_names(self) -> Tuple[str, ...]:
+    return (self.config.tfds.train_name, self.config.tfds.test_name)
 
   def _train_batches(self, data_dir: Optional[str], seed: int,
                      batch_size: int) -> Iterator[image_pipeline.Batch]:
