@@ -161,7 +161,8 @@ def param_collection(params: Any) -> Any:
   return params
 
 
-def kernel_matrix(info: LayerInfo, kernel: jax.Array, bias: Optional[jax.Array] = None) -> jax.Array:
+def kernel_matrix(info: LayerInfo, kernel: jax.Array,
+                  bias: Optional[jax.Array] = None) -> jax.Array:
   """The layer's parameters (or their gradients) as one matrix `[P_in (+1), P_out]`.
 
   Args:
@@ -179,7 +180,8 @@ def kernel_matrix(info: LayerInfo, kernel: jax.Array, bias: Optional[jax.Array] 
   return matrix
 
 
-def split_kernel_matrix(info: LayerInfo, matrix: jax.Array) -> Tuple[jax.Array, Optional[jax.Array]]:
+def split_kernel_matrix(info: LayerInfo,
+                        matrix: jax.Array) -> Tuple[jax.Array, Optional[jax.Array]]:
   """Inverse of `kernel_matrix`: `[P_in (+1), P_out]` -> `(kernel, bias or None)`."""
   kernel = matrix[:info.p_in].reshape(info.kernel_shape)
   if not info.has_bias:

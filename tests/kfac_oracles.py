@@ -83,8 +83,9 @@ def _with_layer_parameters(params: Any, thetas: Dict[LayerPath, jax.Array]) -> A
 
 def exact_ggn_blocks(apply_fn: Callable, params: Any, inputs: Any, paths: Sequence[LayerPath],
                      loss_of_output: Callable[[jax.Array], jax.Array]
-                     ) -> Dict[LayerPath, np.ndarray]:
-  """`J^T H J` of the batch loss w.r.t. `layer_parameters(params, path)`, for every path.
+                     ) -> Dict[LayerPath, jax.Array]:
+  """`J^T H J` of the batch loss w.r.t. `layer_parameters(params, path)`, for every path
+  (traceable: callers jit it together with what it is compared to).
 
   Args:
     apply_fn: `apply_fn(params, inputs) -> output`.
@@ -92,18 +93,15 @@ def exact_ggn_blocks(apply_fn: Callable, params: Any, inputs: Any, paths: Sequen
     paths: the layers.
     loss_of_output: the batch loss as a function of the whole output.
   """
-  @jax.jit
-  def blocks(thetas):
-    def output_of(thetas):
-      return apply_fn(_with_layer_parameters(params, thetas), inputs)
-    output = output_of(thetas)
-    hessian = jax.hessian(loss_of_output)(output).reshape(output.size, output.size)
-    jacobians = jax.jacobian(output_of)(thetas)
-    return {path: jacobian.reshape(output.size, -1).T @ hessian @ jacobian.reshape(output.size, -1)
-            for path, jacobian in jacobians.items()}
+  def output_of(thetas):
+    return apply_fn(_with_layer_parameters(params, thetas), inputs)
 
-  result = blocks({path: layer_parameters(params, path) for path in paths})
-  return {path: np.asarray(block, np.float64) for path, block in result.items()}
+  thetas = {path: layer_parameters(params, path) for path in paths}
+  output = output_of(thetas)
+  hessian = jax.hessian(loss_of_output)(output).reshape(output.size, output.size)
+  jacobians = jax.jacobian(output_of)(thetas)
+  return {path: jacobian.reshape(output.size, -1).T @ hessian @ jacobian.reshape(output.size, -1)
+          for path, jacobian in jacobians.items()}
 
 
 def relative_error(approximation: np.ndarray, reference: np.ndarray) -> float:

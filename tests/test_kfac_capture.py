@@ -31,16 +31,15 @@ class Mixed(nn.Module):
 
 @pytest.fixture(name='mixed', scope='module')
 def fixture_mixed():
-  """`(apply_fn, variables, inputs)` of the `Mixed` model."""
+  """`(apply_fn, variable shapes, inputs)` of the `Mixed` model (shapes suffice for reports)."""
   tokens = jnp.array([[1, 2, 3, 4], [5, 6, 7, 8]])
   image = jax.random.normal(jax.random.key(0), (2, 6, 6, 2))
   model = Mixed()
-  variables = jax.jit(model.init)(jax.random.key(1), tokens, image)
 
   def apply_fn(params, inputs):
     return model.apply(params, *inputs)
 
-  return apply_fn, variables, (tokens, image)
+  return apply_fn, jax.eval_shape(model.init, jax.random.key(1), tokens, image), (tokens, image)
 
 
 def test_report_covers_dense_densegeneral_conv_and_explains_the_rest(mixed):
@@ -77,7 +76,8 @@ def test_kernel_matrix_round_trip_and_layout(mixed):
   apply_fn, variables, inputs = mixed
   report = kfac.layer_report(apply_fn, variables, inputs)
   info = report.layers['DenseGeneral_0',]
-  module = variables['params']['DenseGeneral_0']
+  module = {name: jnp.arange(np.prod(leaf.shape), dtype=jnp.float32).reshape(leaf.shape)
+            for name, leaf in variables['params']['DenseGeneral_0'].items()}
   matrix = kfac.kernel_matrix(info, module['kernel'], module['bias'])
   assert matrix.shape == (13, 6)
   np.testing.assert_array_equal(matrix[4 * 1 + 2], module['kernel'][1, 2].reshape(6))
@@ -90,11 +90,12 @@ def test_kernel_matrix_round_trip_and_layout(mixed):
 def test_captured_inputs_and_gradients_reproduce_parameter_gradients(mixed):
   """For every covered layer, `sum_rows a g^T` of the captured input and output gradient equals
   `d <f, c> / d [kernel; bias]` by `jax.grad`: the probes see the right tensors."""
-  apply_fn, variables, inputs = mixed
-  report = kfac.layer_report(apply_fn, variables, inputs)
+  apply_fn, variable_shapes, inputs = mixed
+  report = kfac.layer_report(apply_fn, variable_shapes, inputs)
 
   @jax.jit
-  def captured_and_direct(variables, inputs, cotangent):
+  def captured_and_direct(inputs, cotangent):
+    variables = Mixed().init(jax.random.key(1), *inputs)
     forward = capture.capture_forward(apply_fn, variables, inputs, report)
     output_gradients = forward.output_gradients(cotangent)
     parameter_gradients = jax.grad(
@@ -109,11 +110,11 @@ def test_captured_inputs_and_gradients_reproduce_parameter_gradients(mixed):
       captured[path] = a.T @ g
       module = functools.reduce(lambda tree, name: tree[name], path, parameter_gradients)
       direct[path] = kfac.kernel_matrix(info, module['kernel'], module['bias'])
-    return forward.output, captured, direct
+    return forward.output, apply_fn(variables, inputs), captured, direct
 
   cotangent = jax.random.normal(jax.random.key(2), (2, 5))
-  output, captured, direct = captured_and_direct(variables, inputs, cotangent)
-  np.testing.assert_allclose(output, jax.jit(apply_fn)(variables, inputs), rtol=1e-5, atol=1e-6)
+  output, direct_output, captured, direct = captured_and_direct(inputs, cotangent)
+  np.testing.assert_allclose(output, direct_output, rtol=1e-5, atol=1e-6)
   for path in report.layers:
     np.testing.assert_allclose(captured[path], direct[path], rtol=1e-4, atol=1e-5,
                                err_msg=str(path))
@@ -137,7 +138,8 @@ class SharedDense(nn.Module):
 
 
 def test_shared_module_calls_are_extra_weight_sharing_positions():
-  """A module called twice gets the factors of one call on the concatenated positions."""
+  """A module called twice gets the factors of one call on the concatenated positions (computed
+  eagerly, the split calls under jit)."""
   x = jax.random.normal(jax.random.key(0), (3, 4, 5))
   targets = jnp.array([[[0.1, 0.2]] * 4] * 3)
   params = jax.jit(SharedDense(split=False).init)(jax.random.key(1), x)
@@ -146,7 +148,8 @@ def test_shared_module_calls_are_extra_weight_sharing_positions():
                                                                                (3, 3, 5)]
   configs = [dict(loss='mse', flavour=flavour, fisher_type='type2') for flavour in kfac.FLAVOURS]
   split = oracles.factors_for_configs(SharedDense(split=True).apply, params, x, targets, configs)
-  whole = oracles.factors_for_configs(SharedDense(split=False).apply, params, x, targets, configs)
+  whole = [kfac.compute_factors(SharedDense(split=False).apply, params, x, targets, **config)
+           for config in configs]
   for split_factors, factors in zip(split, whole):
     for path in factors:
       for split_factor, factor in zip(split_factors[path], factors[path]):
@@ -215,9 +218,9 @@ class LowPrecisionSharedDense(nn.Module):
     return nn.Dense(2, dtype=jnp.bfloat16, name='head')(jnp.tanh(hidden))
 
 
-def test_jit_equals_eager_and_low_precision_accumulates_in_float32():
-  """compute_factors jits (configuration bound with partial); a bfloat16 model gives float32
-  factors close to the float32 model's."""
+def test_low_precision_model_accumulates_in_float32():
+  """A bfloat16 model gives float32 factors close to the float32 model's (both jitted, the
+  configuration bound with functools.partial)."""
   x = jax.random.normal(jax.random.key(0), (3, 4, 5))
   targets = jnp.array([0, 1, 1])
   config = dict(loss='softmax_cross_entropy', flavour='reduce', fisher_type='mc',
@@ -225,13 +228,23 @@ def test_jit_equals_eager_and_low_precision_accumulates_in_float32():
   model = SharedDense(split=True)
   params = jax.jit(model.init)(jax.random.key(1), x)
   rng = jax.random.key(2)
-  eager = kfac.compute_factors(model.apply, params, x, targets, rng=rng, **config)
-  jitted = jax.jit(functools.partial(kfac.compute_factors, model.apply, **config))(
+  float32 = jax.jit(functools.partial(kfac.compute_factors, model.apply, **config))(
       params, x, targets, rng=rng)
-  bf16 = kfac.compute_factors(LowPrecisionSharedDense().apply, params, x, targets, rng=rng,
-                              **config)
-  for path in eager:
-    for eager_factor, jitted_factor, bf16_factor in zip(eager[path], jitted[path], bf16[path]):
-      np.testing.assert_allclose(jitted_factor, eager_factor, rtol=1e-5, atol=1e-6)
-      assert bf16_factor.dtype == jnp.float32
-      np.testing.assert_allclose(bf16_factor, eager_factor, rtol=0.1, atol=0.05)
+  bfloat16 = jax.jit(functools.partial(kfac.compute_factors, LowPrecisionSharedDense().apply,
+                                       **config))(params, x, targets, rng=rng)
+  assert set(bfloat16) == set(float32) == {('dense',), ('head',)}
+  for path in float32:
+    for factor, low_precision_factor in zip(float32[path], bfloat16[path]):
+      assert low_precision_factor.dtype == jnp.float32
+      np.testing.assert_allclose(low_precision_factor, factor, rtol=0.1, atol=0.05)
+
+
+def test_jitted_apply_fn_is_refused():
+  """A jitted apply_fn hides its module calls from the interceptor after its first trace."""
+  x = jnp.ones((3, 4, 5))
+  model = SharedDense(split=False)
+  params = jax.eval_shape(model.init, jax.random.key(0), x)
+  params = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), params)
+  with pytest.raises(RuntimeError, match='no jitted apply_fn'):
+    kfac.compute_factors(jax.jit(model.apply), params, x, jnp.zeros((3, 4, 2)), loss='mse',
+                         flavour='expand', fisher_type='type2')

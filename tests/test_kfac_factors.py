@@ -43,46 +43,66 @@ class MLP(nn.Module):
     return nn.Dense(3, bias_init=nn.initializers.normal(0.5))(x)
 
 
-def _kronecker_errors(model, x, loss, targets):
-  """Per flavour and layer, the relative error of `A kron B` vs the exact GGN block (type2)."""
-  params = jax.jit(model.init)(jax.random.key(1), x)
-  configs = [dict(loss=loss, flavour=flavour, fisher_type='type2') for flavour in kfac.FLAVOURS]
-  all_factors = oracles.factors_for_configs(model.apply, params, x, targets, configs)
-  ggn = oracles.exact_ggn_blocks(model.apply, params, x, list(all_factors[0]),
-                                 lambda f: oracles.batch_mean_loss(loss, f, targets))
-  return {config['flavour']: {path: oracles.relative_error(np.kron(a, b), ggn[path])
-                              for path, (a, b) in factors.items()}
-          for config, factors in zip(configs, all_factors)}
+def _kronecker_errors(problems):
+  """Relative errors of `A kron B` (type2) vs the exact GGN block, in one compiled program.
+
+  Args:
+    problems: `{name: (model, inputs, loss, targets)}`.
+
+  Returns:
+    `{name: {flavour: {layer path: relative error}}}`.
+  """
+  @jax.jit
+  def factors_and_ggn():
+    result = {}
+    for name, (model, x, loss, targets) in problems.items():
+      params = model.init(jax.random.key(1), x)
+      factors = {flavour: kfac.compute_factors(model.apply, params, x, targets, loss=loss,
+                                               flavour=flavour, fisher_type='type2')
+                 for flavour in kfac.FLAVOURS}
+      ggn = oracles.exact_ggn_blocks(model.apply, params, x, list(factors['expand']),
+                                     lambda f, loss=loss, targets=targets:
+                                     oracles.batch_mean_loss(loss, f, targets))
+      result[name] = factors, ggn
+    return result
+
+  return {name: {flavour: {path: oracles.relative_error(np.kron(a, b), ggn[path])
+                           for path, (a, b) in flavour_factors.items()}
+                 for flavour, flavour_factors in factors.items()}
+          for name, (factors, ggn) in factors_and_ggn().items()}
 
 
-@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
-def test_deep_linear_exactness(reduction):
+def test_deep_linear_exactness():
   """Expand is exact when the loss is per position, reduce when positions are reduced before the
   loss (mean or sum); each is off (relative error > 0.1) in the other setting."""
   x = jax.random.normal(jax.random.key(0), (3, 4, 6))
-  model = DeepLinear(reduction=reduction)
-  output_shape = (3, 4, 3) if reduction == 'none' else (3, 3)
-  targets = jax.random.normal(jax.random.key(2), output_shape)
-  exact_flavour = 'expand' if reduction == 'none' else 'reduce'
-  for flavour, errors in _kronecker_errors(model, x, 'mse', targets).items():
-    print(f'deep linear, reduction={reduction}, {flavour}: relative errors '
-          + ', '.join(f'{"/".join(path)}={error:.2e}' for path, error in errors.items()))
-    for path, error in errors.items():
-      if flavour == exact_flavour:
-        assert error < 1e-5, (flavour, path, error)
-      else:
-        assert error > 0.1, (flavour, path, error)
+  problems = {}
+  for reduction in ('none', 'mean', 'sum'):
+    output_shape = (3, 4, 3) if reduction == 'none' else (3, 3)
+    targets = jax.random.normal(jax.random.key(2), output_shape)
+    problems[reduction] = (DeepLinear(reduction=reduction), x, 'mse', targets)
+  for reduction, errors_by_flavour in _kronecker_errors(problems).items():
+    exact_flavour = 'expand' if reduction == 'none' else 'reduce'
+    for flavour, errors in errors_by_flavour.items():
+      print(f'deep linear, reduction={reduction}, {flavour}: relative errors '
+            + ', '.join(f'{"/".join(path)}={error:.2e}' for path, error in errors.items()))
+      for path, error in errors.items():
+        if flavour == exact_flavour:
+          assert error < 1e-5, (reduction, flavour, path, error)
+        else:
+          assert error > 0.1, (reduction, flavour, path, error)
 
 
-@pytest.mark.parametrize('loss', LOSSES)
-def test_single_example_mlp_is_exact(loss):
+def test_single_example_mlp_is_exact():
   """N = 1, R = 1: both flavours equal the exact GGN block of every layer, for every loss."""
   x = jax.random.normal(jax.random.key(0), (1, 5))
   targets = {'softmax_cross_entropy': jnp.array([2]),
              'sigmoid_cross_entropy': jnp.array([[1.0, 0.0, 1.0]]),
-             'mse': jnp.array([[0.3, -1.0, 2.0]])}[loss]
-  for flavour, errors in _kronecker_errors(MLP(), x, loss, targets).items():
-    assert max(errors.values()) < 1e-5, (flavour, errors)
+             'mse': jnp.array([[0.3, -1.0, 2.0]])}
+  problems = {loss: (MLP(), x, loss, targets[loss]) for loss in LOSSES}
+  for loss, errors_by_flavour in _kronecker_errors(problems).items():
+    for flavour, errors in errors_by_flavour.items():
+      assert max(errors.values()) < 1e-5, (loss, flavour, errors)
 
 
 # -- Brute force: convolutions, attention projections, graph layers ------------------------------
@@ -93,7 +113,8 @@ def _assert_matches_brute_force(model, params, inputs, targets, loss, examples_o
   """compute_factors == brute-force loops, for both flavours and the given Fisher types.
 
   `examples_of(path, layer_input, jacobian, p_out)` returns, per example n, its rows
-  `[R_n, P_in]` and `d f_n / d s` restricted to them, `[E, R_n, P_out]`; `jacobian` is `[N, E, *layer_output]`.
+  `[R_n, P_in]` and `d f_n / d s` restricted to them, `[E, R_n, P_out]`; `jacobian` is
+  `[N, E, *layer_output]`.
   """
   output, layer_inputs, jacobians = oracles.layer_io(model.apply, params, inputs)
   num_examples = output.shape[0]
@@ -101,7 +122,8 @@ def _assert_matches_brute_force(model, params, inputs, targets, loss, examples_o
       np.asarray(mask).reshape(num_examples, -1) > 0, axis=1)
   configs = [dict(loss=loss, flavour=flavour, fisher_type=fisher_type)
              for fisher_type in fisher_types for flavour in kfac.FLAVOURS]
-  all_factors = oracles.factors_for_configs(model.apply, params, inputs, targets, configs, mask=mask)
+  all_factors = oracles.factors_for_configs(model.apply, params, inputs, targets, configs,
+                                            mask=mask)
   curvatures = {fisher_type: oracles.output_curvature(loss, fisher_type, output, targets, mask)
                 for fisher_type in fisher_types}
   for config, factors in zip(configs, all_factors):
