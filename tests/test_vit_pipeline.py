@@ -118,3 +118,38 @@ def test_mixup_flag_turns_train_targets_soft():
   workload.config.use_mixup = True
   batch = next(workload.build_input_queue(jax.random.PRNGKey(0), 'train', None, 8))
   assert batch['targets'].shape == (8, 10)
+
+
+def test_eval_crop_is_the_resized_centre_square():
+  tf = pytest.importorskip('tensorflow')
+  image = np.random.default_rng(0).integers(0, 256, size=(40, 64, 3), dtype=np.uint8)
+  # Full-resolution chroma: decoding a crop then equals cropping the decoded image.
+  jpeg = tf.io.encode_jpeg(tf.constant(image), quality=100, chroma_downsampling=False)
+  decoded = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+  side = int(32 / 36 * 40)  # image_size / resize_size of the shorter side
+  top, left = (40 - side + 1) // 2, (64 - side + 1) // 2
+  expected = tf.image.resize(decoded[top:top + side, left:left + side], [32, 32],
+                             method='bicubic').numpy()
+  out = input_pipeline.decode_center_crop(jpeg, image_size=32, resize_size=36).numpy()
+  assert out.shape == (32, 32, 3)
+  np.testing.assert_allclose(out, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize('use_randaug', [False, True])
+def test_train_preprocessing_is_seeded_and_normalised(use_randaug):
+  tf = pytest.importorskip('tensorflow')
+  config = configs.get_config('full').tfds
+  config.use_randaug = use_randaug
+  image = np.random.default_rng(0).integers(0, 256, size=(48, 40, 3), dtype=np.uint8)
+  jpeg = tf.io.encode_jpeg(tf.constant(image))
+
+  def preprocess(seed):
+    return input_pipeline.preprocess_train(jpeg, tf.constant([seed, 0], tf.int64), 32,
+                                           config).numpy()
+
+  out = preprocess(1)
+  assert out.shape == (32, 32, 3) and out.dtype == np.float32
+  np.testing.assert_array_equal(out, preprocess(1))
+  assert not np.array_equal(out, preprocess(2))
+  pixels = out * np.array(config.std_rgb) + np.array(config.mean_rgb)
+  assert pixels.min() > -30 and pixels.max() < 285  # back on the 0..255 scale (bicubic overshoot)

@@ -98,7 +98,7 @@ def softmax_cross_entropy(label_batch: jax.Array, logits_batch: jax.Array,
 class ImageClassificationWorkload(spec.Workload):
   """An image classifier on tfds data (full config) or the embedded digits (small, tiny).
 
-  Subclasses implement `get_config`, `build_model` and the two tfds hooks.
+  Subclasses implement `get_config`, `build_model`, `tfds_names` and the two tfds hooks.
   """
 
   def __init__(self, config_name: str = 'small', data_dir: Optional[str] = None,
