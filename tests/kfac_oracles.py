@@ -2,7 +2,9 @@
 
 The oracles do not use `kfac`: the GGN comes from `jax.jacobian`/`jax.hessian` of the whole model,
 the brute-force factors from explicit loops over examples, positions and graphs.
-`factors_for_configs` runs `kfac.compute_factors` for several configurations in one compilation.
+`factors_for_configs` runs `kfac.compute_factors` for several configurations in one compilation,
+and `fast_compilation` (an autouse fixture the test modules take up) compiles without XLA's
+optimisation passes: compilation, not execution, is the cost of these tiny programs.
 """
 
 from __future__ import annotations
@@ -14,10 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import kfac
 
 LayerPath = Tuple[str, ...]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def fast_compilation():
+  """Compile the module's programs with `jax_disable_most_optimizations` (about half the
+  compilation time on CPU), and restore the setting afterwards."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
 
 
 def factors_for_configs(apply_fn: Callable, params: Any, inputs: Any, targets: Any,
@@ -113,12 +126,12 @@ def relative_error(approximation: np.ndarray, reference: np.ndarray) -> float:
 
 def layer_io(apply_fn: Callable, params: Any, inputs: Any,
              kinds: Tuple[type, ...] = (nn.Dense, nn.DenseGeneral, nn.Conv)
-             ) -> Tuple[jax.Array, Dict[LayerPath, np.ndarray], Dict[LayerPath, np.ndarray]]:
+             ) -> Tuple[jax.Array, Dict[LayerPath, jax.Array], Dict[LayerPath, jax.Array]]:
   """Every layer's input and the Jacobian of the whole output w.r.t. the layer's output.
 
   Each module of `kinds` must be called once. Returns `(output, inputs, jacobians)` with
   `jacobians[path]` of shape `[*output.shape, *layer_output.shape]` (dense `jax.jacobian`
-  w.r.t. an additive zero perturbation of the layer's output).
+  w.r.t. an additive zero perturbation of the layer's output). Traceable.
   """
   shapes = {}
 
@@ -146,40 +159,32 @@ def layer_io(apply_fn: Callable, params: Any, inputs: Any,
       output = apply_fn(params, inputs)
     return output, seen
 
-  @jax.jit
-  def io(zeros):
-    output, layer_inputs = forward(zeros)
-    return output, layer_inputs, jax.jacobian(lambda p: forward(p)[0])(zeros)
-
-  output, layer_inputs, jacobians = io({path: jnp.zeros(shape) for path, shape in shapes.items()})
-  return (output, {k: np.asarray(v, np.float64) for k, v in layer_inputs.items()},
-          {k: np.asarray(v, np.float64) for k, v in jacobians.items()})
+  zeros = {path: jnp.zeros(shape) for path, shape in shapes.items()}
+  output, layer_inputs = forward(zeros)
+  return output, layer_inputs, jax.jacobian(lambda p: forward(p)[0])(zeros)
 
 
 def output_curvature(loss: str, fisher_type: str, logits: jax.Array, targets: jax.Array,
-                     mask: jax.Array | None = None) -> np.ndarray:
+                     mask: jax.Array | None = None) -> jax.Array:
   """`[N, E, E]`: per example n, the curvature of `l_n / N` w.r.t. its flattened output `f_n`.
 
   type2: the diagonal blocks of `d^2 L / d f^2` for the batch-mean loss `L` (`jax.hessian`; `L`
   is a sum over examples, so the blocks are the per-example Hessians); empirical:
-  `(grad l_n)(grad l_n)^T / N = N (d L / d f_n)(d L / d f_n)^T` (`jax.grad`).
+  `(grad l_n)(grad l_n)^T / N = N (d L / d f_n)(d L / d f_n)^T` (`jax.grad`). Traceable.
   """
   num_examples = logits.shape[0]
   size = logits[0].size
 
-  @jax.jit
-  def curvature(logits):
-    def loss_of(f):
-      return batch_mean_loss(loss, f, targets, mask)
-    if fisher_type == 'type2':
-      hessian = jax.hessian(loss_of)(logits).reshape(num_examples, size, num_examples, size)
-      return jnp.stack([hessian[n, :, n, :] for n in range(num_examples)])
-    num_valid = jnp.sum(jnp.any(
-        (jnp.ones(num_examples) if mask is None else mask).reshape(num_examples, -1) > 0, axis=1))
-    gradient = jax.grad(loss_of)(logits).reshape(num_examples, size)
-    return num_valid * jnp.einsum('ni,nj->nij', gradient, gradient)
+  def loss_of(f):
+    return batch_mean_loss(loss, f, targets, mask)
 
-  return np.asarray(curvature(jnp.asarray(logits)), np.float64)
+  if fisher_type == 'type2':
+    hessian = jax.hessian(loss_of)(logits).reshape(num_examples, size, num_examples, size)
+    return jnp.stack([hessian[n, :, n, :] for n in range(num_examples)])
+  num_valid = jnp.sum(jnp.any(
+      (jnp.ones(num_examples) if mask is None else mask).reshape(num_examples, -1) > 0, axis=1))
+  gradient = jax.grad(loss_of)(logits).reshape(num_examples, size)
+  return num_valid * jnp.einsum('ni,nj->nij', gradient, gradient)
 
 
 def brute_force_factors(flavour: str, rows: list, jacobians: list, curvature: np.ndarray,

@@ -14,6 +14,8 @@ import kfac
 from kfac import capture, layers
 from tests import kfac_oracles as oracles
 
+fast_compilation = oracles.fast_compilation  # autouse: see tests/kfac_oracles.py
+
 
 class Mixed(nn.Module):
   """Every kind of layer K-FAC sees, and some it does not."""

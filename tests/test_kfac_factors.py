@@ -11,6 +11,8 @@ import pytest
 import kfac
 from tests import kfac_oracles as oracles
 
+fast_compilation = oracles.fast_compilation  # autouse: see tests/kfac_oracles.py
+
 LOSSES = ('softmax_cross_entropy', 'sigmoid_cross_entropy', 'mse')
 
 
@@ -108,37 +110,51 @@ def test_single_example_mlp_is_exact():
 # -- Brute force: convolutions, attention projections, graph layers ------------------------------
 
 
-def _assert_matches_brute_force(model, params, inputs, targets, loss, examples_of, mask=None,
+def _assert_matches_brute_force(model, inputs, targets, loss, examples_of, mask=None,
                                 fisher_types=('type2', 'empirical')):
   """compute_factors == brute-force loops, for both flavours and the given Fisher types.
 
-  `examples_of(path, layer_input, jacobian, p_out)` returns, per example n, its rows
-  `[R_n, P_in]` and `d f_n / d s` restricted to them, `[E, R_n, P_out]`; `jacobian` is
-  `[N, E, *layer_output]`.
+  The factors and the references' ingredients (layer inputs, Jacobians, loss curvature) come
+  from one compiled program. `examples_of(path, layer_input, jacobian, p_out)` returns, per
+  example n, its rows `[R_n, P_in]` and `d f_n / d s` restricted to them, `[E, R_n, P_out]`;
+  `jacobian` is `[N, E, *layer_output]`.
+
+  Returns:
+    The model's parameters.
   """
-  output, layer_inputs, jacobians = oracles.layer_io(model.apply, params, inputs)
+  configs = [dict(loss=loss, flavour=flavour, fisher_type=fisher_type)
+             for fisher_type in fisher_types for flavour in kfac.FLAVOURS]
+
+  @jax.jit
+  def factors_and_references(inputs, targets, mask):
+    params = model.init(jax.random.key(1), inputs)
+    all_factors = [kfac.compute_factors(model.apply, params, inputs, targets, mask=mask,
+                                        **config) for config in configs]
+    output, layer_inputs, jacobians = oracles.layer_io(model.apply, params, inputs)
+    curvatures = {fisher_type: oracles.output_curvature(loss, fisher_type, output, targets, mask)
+                  for fisher_type in fisher_types}
+    return params, all_factors, output, layer_inputs, jacobians, curvatures
+
+  params, all_factors, output, layer_inputs, jacobians, curvatures = jax.tree_util.tree_map(
+      np.asarray, factors_and_references(inputs, targets, mask))
   num_examples = output.shape[0]
   valid = np.ones(num_examples, bool) if mask is None else np.any(
       np.asarray(mask).reshape(num_examples, -1) > 0, axis=1)
-  configs = [dict(loss=loss, flavour=flavour, fisher_type=fisher_type)
-             for fisher_type in fisher_types for flavour in kfac.FLAVOURS]
-  all_factors = oracles.factors_for_configs(model.apply, params, inputs, targets, configs,
-                                            mask=mask)
-  curvatures = {fisher_type: oracles.output_curvature(loss, fisher_type, output, targets, mask)
-                for fisher_type in fisher_types}
   for config, factors in zip(configs, all_factors):
     assert set(factors) == set(layer_inputs)
     for path, (a_factor, b_factor) in factors.items():
-      jacobian = jacobians[path]
+      jacobian = jacobians[path].astype(np.float64)
       jacobian = jacobian.reshape((num_examples, -1) + jacobian.shape[output.ndim:])
-      rows, example_jacobians = examples_of(path, layer_inputs[path], jacobian, b_factor.shape[0])
+      rows, example_jacobians = examples_of(path, layer_inputs[path].astype(np.float64),
+                                            jacobian, b_factor.shape[0])
       has_bias = 'bias' in oracles.module_params(params, path)
       a_ref, b_ref = oracles.brute_force_factors(
-          config['flavour'], rows, example_jacobians, curvatures[config['fisher_type']], valid,
-          has_bias)
+          config['flavour'], rows, example_jacobians,
+          curvatures[config['fisher_type']].astype(np.float64), valid, has_bias)
       context = (config, path)
       np.testing.assert_allclose(a_factor, a_ref, rtol=1e-4, atol=1e-5, err_msg=str(context))
       np.testing.assert_allclose(b_factor, b_ref, rtol=1e-4, atol=1e-6, err_msg=str(context))
+  return params
 
 
 def _sequence_examples(path, layer_input, jacobian, p_out):
@@ -168,10 +184,7 @@ class TinyTransformer(nn.Module):
 def test_attention_projections_match_brute_force():
   """q/k/v/out DenseGeneral projections and MLP Dense layers of a transformer block."""
   x = jax.random.normal(jax.random.key(0), (2, 3, 4))
-  model = TinyTransformer()
-  params = jax.jit(model.init)(jax.random.key(1), x)
-  targets = jnp.array([0, 2])
-  _assert_matches_brute_force(model, params, x, targets, 'softmax_cross_entropy',
+  _assert_matches_brute_force(TinyTransformer(), x, jnp.array([0, 2]), 'softmax_cross_entropy',
                               _sequence_examples)
 
 
@@ -225,8 +238,6 @@ def test_convolution_matches_brute_force(name):
   locations and patches."""
   config = CONV_CONFIGS[name]
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, 2))
-  model = ConvNet(config)
-  params = jax.jit(model.init)(jax.random.key(1), x)
   geometry = {('Conv_0',): config,
               ('Conv_1',): dict(kernel_size=(2, 2), strides=(1, 1), padding=((0, 0), (0, 0)),
                                 kernel_dilation=(1, 1))}
@@ -240,7 +251,7 @@ def test_convolution_matches_brute_force(name):
     return rows, [jacobian[n][:, n].reshape(jacobian.shape[1], -1, p_out)
                   for n in range(layer_input.shape[0])]
 
-  _assert_matches_brute_force(model, params, x, jnp.array([1, 2]), 'softmax_cross_entropy',
+  _assert_matches_brute_force(ConvNet(config), x, jnp.array([1, 2]), 'softmax_cross_entropy',
                               examples_of)
 
 
@@ -305,9 +316,8 @@ def test_graph_network_matches_brute_force_and_ignores_padding():
   mask[0, 1] = 0.0
   mask[3:] = 0.0
   model = TinyGraphNet()
-  params = jax.jit(model.init)(jax.random.key(0), padded)
-  _assert_matches_brute_force(model, params, padded, targets, 'sigmoid_cross_entropy',
-                              _graph_examples(padded), mask=mask)
+  params = _assert_matches_brute_force(model, padded, targets, 'sigmoid_cross_entropy',
+                                       _graph_examples(padded), mask=mask)
   # MC labels are drawn per example index: padding graphs appended last change no draw.
   configs = [dict(loss='sigmoid_cross_entropy', flavour='reduce', fisher_type='mc',
                   flavour_overrides={'Dense_0': 'expand', 'Dense_2': 'expand'})]

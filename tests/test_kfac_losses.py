@@ -11,6 +11,8 @@ import kfac
 from kfac import losses
 from tests import kfac_oracles as oracles
 
+fast_compilation = oracles.fast_compilation  # autouse: see tests/kfac_oracles.py
+
 LOSSES = ('softmax_cross_entropy', 'sigmoid_cross_entropy', 'mse')
 
 
@@ -41,13 +43,12 @@ def test_output_cotangents_factor_the_curvature_of_the_batch_mean_loss():
       for fisher_type in ('type2', 'empirical'):
         columns = losses.output_cotangents(loss, fisher_type, logits, targets, mask=mask)
         columns = columns.reshape(columns.shape[0], logits.shape[0], -1)
-        result[loss, fisher_type] = jnp.einsum('mni,mnj->nij', columns, columns)
+        result[loss, fisher_type] = (
+            jnp.einsum('mni,mnj->nij', columns, columns),
+            oracles.output_curvature(loss, fisher_type, logits, targets, mask))
     return result
 
-  curvatures = per_example_curvatures(batches)
-  for (loss, fisher_type), curvature in curvatures.items():
-    logits, targets, mask = batches[loss]
-    expected = oracles.output_curvature(loss, fisher_type, logits, targets, mask)
+  for (loss, fisher_type), (curvature, expected) in per_example_curvatures(batches).items():
     np.testing.assert_allclose(curvature, expected, rtol=1e-5, atol=1e-7,
                                err_msg=f'{loss} {fisher_type}')
 
@@ -75,35 +76,56 @@ class PositionMixing(nn.Module):
     return nn.Dense(3)(hidden)
 
 
-def test_mc_fisher_converges_to_type2():
-  """The MC-Fisher factors approach the type-2 ones as the number of samples grows (labels
-  sampled independently per position and per example), for every loss."""
-  x = jax.random.normal(jax.random.key(0), (2, 3, 5))
-  model = PositionMixing()
-  params = jax.jit(model.init)(jax.random.key(1), x)
-  sample_counts = (1, 16, 1024)
+SAMPLE_COUNTS = (1, 16, 1024)
+
+
+def _assert_error_decreases(name, errors):
+  print(f'MC vs type2, {name}: relative errors ' + ', '.join(
+      f'{count} samples {error:.3f}' for count, error in zip(SAMPLE_COUNTS, errors)))
+  assert errors[0] > errors[1] > errors[2], (name, errors)
+  assert errors[2] < 0.15, (name, errors)
+
+
+def test_mc_curvature_converges_to_type2():
+  """Per example, the outer products of the MC columns approach the loss Hessian as the number
+  of samples grows (labels drawn independently per position), for every loss."""
+  batches = {loss: _batch(loss, (3, 2, 4)) for loss in LOSSES}
 
   @jax.jit
-  def all_factors(params, x, rng):
-    factors = {}  # {(loss, number of MC samples, 0 for type2): factors}
-    for loss in LOSSES:
-      config = dict(loss=loss, flavour='expand', flavour_overrides={'Dense_1': 'reduce'})
-      factors[loss, 0] = kfac.compute_factors(model.apply, params, x, None,
-                                                    fisher_type='type2', **config)
-      for count in sample_counts:
-        factors[loss, count] = kfac.compute_factors(model.apply, params, x, None, rng=rng,
-                                                    fisher_type='mc', num_samples=count, **config)
-    return factors
+  def curvatures(batches, rng):
+    result = {}
+    for loss, (logits, targets, mask) in batches.items():
+      for count in (0,) + SAMPLE_COUNTS:  # 0: type2
+        columns = losses.output_cotangents(loss, 'mc' if count else 'type2', logits, targets,
+                                           mask=mask, rng=rng, num_samples=max(count, 1))
+        columns = columns.reshape(columns.shape[0], logits.shape[0], -1)
+        result[loss, count] = jnp.einsum('mni,mnj->nij', columns, columns)
+    return result
 
-  factors = all_factors(params, x, jax.random.key(2))
+  result = curvatures(batches, jax.random.key(0))
   for loss in LOSSES:
-    errors = [max(oracles.relative_error(np.kron(*factors[loss, count][path]),
-                                         np.kron(*factors[loss, 0][path]))
-                  for path in factors[loss, 0]) for count in sample_counts]
-    print(f'MC vs type2, {loss}: relative errors ' + ', '.join(
-        f'{count} samples {error:.3f}' for count, error in zip(sample_counts, errors)))
-    assert errors[0] > errors[1] > errors[2], (loss, errors)
-    assert errors[2] < 0.15, (loss, errors)
+    _assert_error_decreases(loss, [oracles.relative_error(result[loss, count], result[loss, 0])
+                                   for count in SAMPLE_COUNTS])
+
+
+def test_mc_fisher_factors_converge_to_type2():
+  """The MC-Fisher factors of a network mixing positions approach the type-2 ones."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5))
+  model = PositionMixing()
+  config = dict(loss='softmax_cross_entropy', flavour='expand',
+                flavour_overrides={'Dense_1': 'reduce'})
+
+  @jax.jit
+  def all_factors(x, rng):
+    params = model.init(jax.random.key(1), x)
+    type2 = kfac.compute_factors(model.apply, params, x, None, fisher_type='type2', **config)
+    return type2, [kfac.compute_factors(model.apply, params, x, None, rng=rng, fisher_type='mc',
+                                        num_samples=count, **config) for count in SAMPLE_COUNTS]
+
+  type2, mc = all_factors(x, jax.random.key(2))
+  _assert_error_decreases('factors', [
+      max(oracles.relative_error(np.kron(*factors[path]), np.kron(*type2[path]))
+          for path in type2) for factors in mc])
 
 
 class MLP(nn.Module):
@@ -144,13 +166,14 @@ def test_empirical_fisher_is_the_gradient_outer_product():
 
 
 def test_padding_examples_do_not_change_the_factors():
-  """Appending padding examples (mask all zero, arbitrary inputs and NaN targets) changes no
-  factor, for every loss and Fisher type and both flavours; masked entries may hold NaN."""
+  """Appending padding examples (mask all zero, arbitrary inputs, NaN targets) changes no factor:
+  each loss with one Fisher type, both flavours; masked entries may hold NaN targets."""
   model = PositionMixing()
   x = jax.random.normal(jax.random.key(0), (5, 3, 5))
-  params = jax.jit(model.init)(jax.random.key(1), x)
+  settings = {'softmax_cross_entropy': 'mc', 'sigmoid_cross_entropy': 'empirical',
+              'mse': 'type2'}
   batches = {}
-  for loss in LOSSES:
+  for loss in settings:
     _, targets, mask = _batch(loss, (5, 3, 3))
     mask = mask.at[-2:].set(0.0)
     if loss != 'softmax_cross_entropy':
@@ -158,19 +181,18 @@ def test_padding_examples_do_not_change_the_factors():
     batches[loss] = targets, mask
 
   @jax.jit
-  def padded_and_unpadded(params, x, batches, rng):
+  def padded_and_unpadded(x, batches, rng):
+    params = model.init(jax.random.key(1), x)
     result = []
     for loss, (targets, mask) in batches.items():
-      for fisher_type in losses.FISHER_TYPES:
-        config = dict(loss=loss, flavour='reduce', flavour_overrides={'Dense_0': 'expand'},
-                      fisher_type=fisher_type, rng=rng)
-        result.append((
-            kfac.compute_factors(model.apply, params, x, targets, mask=mask, **config),
-            kfac.compute_factors(model.apply, params, x[:3], targets[:3], mask=mask[:3],
-                                 **config)))
+      config = dict(loss=loss, flavour='reduce', flavour_overrides={'Dense_0': 'expand'},
+                    fisher_type=settings[loss], rng=rng)
+      result.append((
+          kfac.compute_factors(model.apply, params, x, targets, mask=mask, **config),
+          kfac.compute_factors(model.apply, params, x[:3], targets[:3], mask=mask[:3], **config)))
     return result
 
-  for padded, unpadded in padded_and_unpadded(params, x, batches, jax.random.key(2)):
+  for padded, unpadded in padded_and_unpadded(x, batches, jax.random.key(2)):
     for path in unpadded:
       for padded_factor, factor in zip(padded[path], unpadded[path]):
         assert np.all(np.isfinite(padded_factor))
