@@ -25,6 +25,10 @@ calls concatenated, so K-FAC-expand averages `a a^T` over the rows of all calls 
 averages `a` over them per example (see `kfac.layers`). Calling a covered module once on
 `[N, R1, D]` and once on `[N, R2, D]` gives the factors of one call on `[N, R1 + R2, D]`.
 
+`apply_fn` must be an unjitted Flax apply (jit the function that calls K-FAC instead): a jitted
+one runs its module calls only when first traced, and `capture_forward` raises when the layers it
+sees differ from the report.
+
 Rows and examples. The first axis of a layer's input is its *row axis*. Without graphs it must be
 the example axis (size N, the output's first axis); every axis between it and the feature axis is
 a weight-sharing axis. With a `jraph.GraphsTuple` input the examples are the graphs (the output's
@@ -32,7 +36,9 @@ first axis must be `n_graph`) and a layer's rows are nodes, edges or graphs, mat
 count against the tuple's static sizes (`nodes`, `edges` leading axis, `n_node.shape[0]`). A size
 that matches several of them is ambiguous: `graph_rows={pattern: 'nodes' | 'edges' | 'graphs'}`
 (fnmatch on `'/'.join(path)`) resolves it, and without it `layer_report` raises. A covered module
-whose row axis matches nothing is reported as uncovered, with the reason.
+whose row axis matches nothing is reported as uncovered, with the reason. Which graphs are
+padding is the loss mask's business (`kfac.losses.example_weights`): pass the mask, or jraph's
+padding graph counts as an example.
 """
 
 from __future__ import annotations
@@ -49,9 +55,6 @@ import numpy as np
 
 LayerPath = Tuple[str, ...]
 ParamPath = Tuple[str, ...]
-
-LAYER_KINDS = ('dense', 'dense_general', 'conv')
-ROW_KINDS = ('examples', 'nodes', 'edges', 'graphs')
 
 
 class ConvGeometry(NamedTuple):

@@ -23,10 +23,21 @@ positions of example `n`:
   and positions of example `n` (a segment mean for graphs), `B = sum_{m, n} gsum gsum^T` with
   `gsum[m, n]` the sum of `g` over them.
 
+Why these scalings: the exact GGN block of the batch-mean loss is
+`sum_{n, m} (sum_r a_nr kron g_nrm)(sum_r a_nr kron g_nrm)^T` (the loss's `1/N` is inside `g`,
+see `kfac.losses`). For a deep linear network with a per-position loss, `g_nrm` is non-zero
+for one position `r` per column `m`, and `sum_m g_nrm g_nrm^T` is the same for every `(n, r)`:
+the block is `A_expand kron B_expand`. When the positions are reduced (mean or sum) before the loss, `g_nrm`
+does not depend on `r`, so `sum_r a_nr kron g_nrm = abar_n kron gsum_nm`: the block is
+`A_reduce kron B_reduce` (tests/test_kfac_factors.py checks both, and that each is off in the
+other setting).
+
 A bias appends a ones coordinate to `a`, last. Reduce never forms per-position outer products:
 for convolutions, the per-example sum of patches comes from one extra convolution (the gradient
 of the summed output w.r.t. a one-output-channel kernel) instead of the patches. All statistics
-are computed in float32 whatever the compute dtype. A layer called several times accumulates
+are computed in float32 whatever the compute dtype, with the default matmul precision
+(`jax_default_matmul_precision`); im2col patches are extracted at `HIGHEST` precision, so they
+are exact copies of the input. A layer called several times accumulates
 the statistics of all its calls (its calls are extra weight-sharing positions; see
 `kfac.capture`), which is why they are sums until `expand_factors` / `reduce_factors`.
 """
