@@ -171,7 +171,7 @@ def output_cotangents(loss: str, fisher_type: str, logits: jax.Array,
       keys = jax.vmap(lambda n: jax.random.fold_in(jax.random.fold_in(rng, n), sample))(
           jnp.arange(num_examples))
       sampled = jax.vmap(lambda key, f: _sample_targets(loss, key, f))(keys, logits)
-      return _loss_gradient(loss, logits, jax.lax.stop_gradient(sampled))
+      return _loss_gradient(loss, logits, sampled)
 
     columns = jax.vmap(sample_gradient)(jnp.arange(num_samples)) / jnp.sqrt(num_samples)
   return columns * jnp.sqrt(entry_mask / num_valid)
