@@ -145,16 +145,6 @@ class Plan(NamedTuple):
 # -- Options and plan (static, at trace time) ------------------------------------------------
 
 
-def _untraced(apply_fn: Callable[[Any, Any], jax.Array]) -> Callable[[Any, Any], jax.Array]:
-  """A new function object calling `apply_fn`.
-
-  `kfac.capture` finds the layers through side effects of tracing `apply_fn` under
-  `jax.eval_shape`, and jax caches that trace per function object and input shapes: a second
-  trace of the same object would record no layer. A fresh object per trace avoids the cache.
-  """
-  return lambda params, inputs: apply_fn(params, inputs)
-
-
 def resolve_dtype(name: str, dtype: Any) -> jnp.dtype:
   """`dtype` as jax will use it; warns when float64 is asked for without jax's x64 mode."""
   resolved = jax.dtypes.canonicalize_dtype(dtype)
@@ -209,7 +199,7 @@ def layer_plan(info: capture.LayerInfo, flavour: str, options: PreconditionOptio
 def make_plan(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inputs: Any,
               options: PreconditionOptions) -> Plan:
   """Trace the model (shapes only) and decide every layer's block; raise in strict mode."""
-  report = capture.layer_report(_untraced(apply_fn), params, inputs, graph_rows=options.graph_rows)
+  report = capture.layer_report(apply_fn, params, inputs, graph_rows=options.graph_rows)
   flavours = factors.layer_flavours(report, options.flavour, options.flavour_overrides)
   plan = Plan(layers={path: layer_plan(info, flavours[path], options)
                       for path, info in report.layers.items()},
@@ -379,7 +369,7 @@ def precondition(apply_fn: Callable[[Any, Any], jax.Array], **options: Any
 
     def factors_fn():
       return factors.compute_factors(
-          _untraced(apply_fn), params, inputs, targets, loss=options.loss, flavour=options.flavour,
+          apply_fn, params, inputs, targets, loss=options.loss, flavour=options.flavour,
           fisher_type=options.fisher_type, rng=rng, mask=mask, num_samples=options.num_samples,
           flavour_overrides=options.flavour_overrides, graph_rows=options.graph_rows)
 

@@ -1,0 +1,365 @@
+"""`make bench`: the cost of one training step, Nesterov vs K-FAC-reduce vs K-FAC-expand.
+
+Side by side in one process, on a small convolutional net, a small transformer and (when
+`workloads.ogbg_molpcba` imports) the small ogbg GraphNetwork on a synthetic padded batch, this
+times a full jitted training step (loss gradient, optimiser update, parameter update) of:
+
+  * Nesterov: `optax.sgd(lr, momentum=0.9, nesterov=True)`, the AlgoPerf reference;
+  * K-FAC-reduce and K-FAC-expand (`kfac.kfac_optimizer`, MC Fisher, exact damping) with
+    statistics and inverses every step (`T_cov = T_inv = 1`), and with statistics every step and
+    inverses amortised over `T_inv` steps;
+  * K-FAC-reduce with both amortised (`T_cov = T_inv`).
+
+Each repeat runs `T_inv` consecutive steps (so an amortised repeat holds exactly one inverse
+update) and blocks on the result; the time per step is the repeat's time / `T_inv`. The variants
+of a model are compiled and warmed up (one repeat, excluded) first, then timed in turns, one
+repeat each per round, so that load changes on a shared machine hit them alike. The table shows
+the median over repeats (min-max in brackets) and the ratio to Nesterov. The Markdown table goes to `--output` with the machine
+(CPU model from /proc/cpuinfo, cores, load average, jax version, date): these machines are
+shared, so compare ratios measured in one run, never absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+# jaxlib's CPU `eigh` calls LAPACK from scipy's OpenBLAS, whose threads spin-wait for each other:
+# on shared or oversubscribed cores a 257 x 257 eigh then takes seconds instead of milliseconds
+# (measured on this project's 2-core machines under load: 2.1 s vs 8 ms). Single-threaded LAPACK
+# unless the caller chose otherwise; set before numpy and jax load OpenBLAS.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+import datetime
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+from absl import app, flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import kfac
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool('quick', False, 'Short run: 3 timed repeats instead of --repeats.')
+flags.DEFINE_integer('repeats', 9, 'Timed repeats of T_inv steps each (median reported).')
+flags.DEFINE_integer('inverse_update_every', 10, 'T_inv of the amortised K-FAC variants.')
+flags.DEFINE_list('models', ['cnn', 'transformer', 'ogbg'], 'Models to time.')
+flags.DEFINE_string('output', 'docs/bench_kfac_step.md', 'Markdown report path.')
+
+# The issue's goal for the amortised K-FAC-reduce step, as a multiple of a Nesterov step.
+GOAL_RATIO = 1.3
+LEARNING_RATE = 1e-2
+DAMPING = 1e-3
+NUM_CLASSES = 10
+
+
+class SmallCNN(nn.Module):
+  """Three 3x3 convolutions (16, 32, 32 channels; the last two stride 2), global mean, Dense."""
+
+  @nn.compact
+  def __call__(self, x):  # x [N, 32, 32, 3]
+    x = nn.relu(nn.Conv(16, (3, 3))(x))
+    x = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
+    x = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
+    return nn.Dense(NUM_CLASSES)(x.mean(axis=(1, 2)))
+
+
+class TransformerBlock(nn.Module):
+  """Pre-LayerNorm self-attention and MLP blocks with residuals."""
+
+  width: int
+  num_heads: int
+  mlp_dim: int
+
+  @nn.compact
+  def __call__(self, x):  # x [N, R, width]
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads)(nn.LayerNorm()(x))
+    y = nn.Dense(self.width)(nn.gelu(nn.Dense(self.mlp_dim)(nn.LayerNorm()(x))))
+    return x + y
+
+
+class SmallTransformer(nn.Module):
+  """Dense input projection, two transformer blocks, mean over positions, Dense classifier."""
+
+  width: int = 64
+  num_heads: int = 4
+  mlp_dim: int = 256
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, x):  # x [N, R, features]
+    x = nn.Dense(self.width)(x)
+    for _ in range(self.depth):
+      x = TransformerBlock(self.width, self.num_heads, self.mlp_dim)(x)
+    return nn.Dense(NUM_CLASSES)(nn.LayerNorm()(x).mean(axis=1))
+
+
+class Case(NamedTuple):
+  """One model and batch to time.
+
+  Attributes:
+    name: table heading.
+    description: model and batch in words.
+    apply_fn: `(params, inputs) -> logits`, the training forward pass.
+    params: the model variables.
+    batch: `inputs`, `targets`, `mask` (None or the loss weights).
+    loss: the `kfac` loss name.
+  """
+
+  name: str
+  description: str
+  apply_fn: Callable[[Any, Any], jax.Array]
+  params: Any
+  batch: Dict[str, Any]
+  loss: str
+
+
+class Variant(NamedTuple):
+  """An optimiser to time: `make(apply_fn, sample_inputs, loss) -> GradientTransformation`."""
+
+  name: str
+  make: Callable[[Callable, Any, str], optax.GradientTransformation]
+  uses_kfac: bool
+
+
+def count_parameters(params: Any) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def cnn_case(rng: np.random.Generator) -> Case:
+  batch_size = 32
+  model = SmallCNN()
+  inputs = rng.standard_normal((batch_size, 32, 32, 3)).astype(np.float32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs)
+  return Case('Small CNN', f'3 convs + Dense, {count_parameters(params):,} params, batch '
+              f'{batch_size} of 32x32x3', model.apply, params,
+              {'inputs': inputs, 'targets': rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
+               'mask': None}, 'softmax_cross_entropy')
+
+
+def transformer_case(rng: np.random.Generator) -> Case:
+  batch_size, length, features = 16, 64, 32
+  model = SmallTransformer()
+  inputs = rng.standard_normal((batch_size, length, features)).astype(np.float32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs)
+  return Case('Small transformer', f'width {model.width}, {model.depth} blocks, {model.num_heads} '
+              f'heads, MLP {model.mlp_dim}, {count_parameters(params):,} params, batch '
+              f'{batch_size} x {length} tokens', model.apply, params,
+              {'inputs': inputs, 'targets': rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
+               'mask': None}, 'softmax_cross_entropy')
+
+
+def synthetic_molecules(rng: np.random.Generator, count: int, num_tasks: int) -> List[Dict[str, np.ndarray]]:
+  """Random molecules in the tfds `ogbg_molpcba` example format (about 16 atoms, 17 bonds)."""
+  examples = []
+  for _ in range(count):
+    num_nodes = int(rng.integers(8, 25))
+    chain = np.stack([np.arange(num_nodes - 1), np.arange(1, num_nodes)], axis=1)
+    ring = rng.integers(0, num_nodes, (2, 2))
+    edge_index = np.concatenate([chain, ring]).astype(np.int64)
+    labels = (rng.random(num_tasks) < 0.3).astype(np.float32)
+    labels[rng.random(num_tasks) < 0.2] = np.nan
+    examples.append({'num_nodes': np.array([num_nodes]),
+                     'node_feat': rng.integers(0, 5, (num_nodes, 9)).astype(np.float32),
+                     'edge_feat': rng.integers(0, 3, (len(edge_index), 3)).astype(np.float32),
+                     'edge_index': edge_index, 'labels': labels})
+  return examples
+
+
+def ogbg_case(rng: np.random.Generator) -> Optional[Case]:
+  """The `small` ogbg GraphNetwork on one synthetic batch padded like the embedded data."""
+  try:
+    from workloads.ogbg_molpcba import configs, input_pipeline, model as ogbg_model
+  except ImportError as error:
+    print(f'ogbg skipped: {error}')
+    return None
+  config = configs.get_config('small')
+  data_config = configs.get_data_config('embedded')
+  num_tasks = 128
+  budget = input_pipeline.padding_budget(config.batch_size, data_config.avg_nodes_per_graph,
+                                         data_config.avg_edges_per_graph)
+  examples = synthetic_molecules(rng, 2 * config.batch_size, num_tasks)
+  batch = next(input_pipeline.batch_examples(examples, budget))
+  model = ogbg_model.GNN(num_outputs=num_tasks, **config.model)
+  params = jax.jit(lambda key, graph: model.init(key, graph, train=False))(jax.random.PRNGKey(0),
+                                                                            batch['inputs'])
+  dropout_key = jax.random.PRNGKey(1)
+
+  def apply_fn(variables, graph):
+    return model.apply(variables, graph, train=True, rngs={'dropout': dropout_key})
+
+  return Case('ogbg GraphNetwork (small)',
+              f'latent {config.model.latent_dim}, {config.model.num_message_passing_steps} '
+              f'message-passing steps, {count_parameters(params):,} params, batch of '
+              f'{config.batch_size} synthetic molecules padded to {budget.n_node} nodes / '
+              f'{budget.n_edge} edges', apply_fn, params,
+              {'inputs': batch['inputs'], 'targets': batch['targets'], 'mask': batch['weights']},
+              'sigmoid_cross_entropy')
+
+
+def batch_loss(loss: str, logits: jax.Array, targets: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  """The training objective: mean softmax CE, or masked mean sigmoid CE."""
+  if loss == 'softmax_cross_entropy':
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  entries = optax.sigmoid_binary_cross_entropy(logits, targets)
+  return jnp.sum(entries * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def variants(inverse_every: int) -> List[Variant]:
+  def nesterov(apply_fn, sample_inputs, loss):
+    del apply_fn, sample_inputs, loss
+    return optax.sgd(LEARNING_RATE, momentum=0.9, nesterov=True)
+
+  def kfac_variant(flavour, cov_every, inv_every):
+    def make(apply_fn, sample_inputs, loss):
+      return kfac.kfac_optimizer(apply_fn, learning_rate=LEARNING_RATE, momentum=0.9, loss=loss,
+                                 sample_inputs=sample_inputs, flavour=flavour, fisher_type='mc',
+                                 damping=DAMPING, cov_update_every=cov_every,
+                                 inverse_update_every=inv_every)
+    return make
+
+  return [
+      Variant('Nesterov', nesterov, False),
+      Variant('K-FAC-reduce, T_cov=1, T_inv=1', kfac_variant('reduce', 1, 1), True),
+      Variant(f'K-FAC-reduce, T_cov=1, T_inv={inverse_every}', kfac_variant('reduce', 1, inverse_every), True),
+      Variant('K-FAC-expand, T_cov=1, T_inv=1', kfac_variant('expand', 1, 1), True),
+      Variant(f'K-FAC-expand, T_cov=1, T_inv={inverse_every}', kfac_variant('expand', 1, inverse_every), True),
+      Variant(f'K-FAC-reduce, T_cov={inverse_every}, T_inv={inverse_every}',
+              kfac_variant('reduce', inverse_every, inverse_every), True),
+  ]
+
+
+def make_train_step(case: Case, optimizer: optax.GradientTransformation, uses_kfac: bool) -> Callable:
+  """The jitted training step `(params, opt_state, rng) -> (params, opt_state, loss)`."""
+  batch = case.batch
+
+  def loss_fn(params):
+    return batch_loss(case.loss, case.apply_fn(params, batch['inputs']), batch['targets'], batch['mask'])
+
+  @jax.jit
+  def train_step(params, opt_state, rng):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    extra = dict(inputs=batch['inputs'], targets=batch['targets'], mask=batch['mask'], rng=rng)
+    updates, opt_state = optimizer.update(grads, opt_state, params, **(extra if uses_kfac else {}))
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return train_step
+
+
+def prepared_repeat(case: Case, variant: Variant, steps_per_repeat: int) -> Callable[[], float]:
+  """Compile and warm up `variant` on `case`; returns `() -> seconds per step of one repeat`.
+
+  The returned function carries the parameters and optimiser state from repeat to repeat, so
+  the step counter (and with it the T_cov / T_inv phase) advances as in training.
+  """
+  optimizer = variant.make(case.apply_fn, case.batch['inputs'], case.loss)
+  train_step = make_train_step(case, optimizer, variant.uses_kfac)
+  keys = jax.random.split(jax.random.PRNGKey(2), steps_per_repeat)
+  carry = {'params': case.params, 'opt_state': jax.jit(optimizer.init)(case.params)}
+
+  def timed_repeat() -> float:
+    start = time.perf_counter()
+    params, opt_state = carry['params'], carry['opt_state']
+    for key in keys:
+      params, opt_state, loss = train_step(params, opt_state, key)
+    jax.block_until_ready((params, opt_state, loss))
+    carry.update(params=params, opt_state=opt_state)
+    return (time.perf_counter() - start) / steps_per_repeat
+
+  timed_repeat()  # compile + warm-up
+  return timed_repeat
+
+
+def time_case(case: Case, all_variants: List[Variant], steps_per_repeat: int, repeats: int
+              ) -> Dict[str, List[float]]:
+  """Seconds per step of every repeat of every variant, the variants interleaved repeat by
+  repeat so that load changes on a shared machine hit them alike."""
+  runs = {variant.name: prepared_repeat(case, variant, steps_per_repeat) for variant in all_variants}
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, timed_repeat in runs.items():
+      times[name].append(timed_repeat())
+  for name, values in times.items():
+    print(f'{case.name:28s} {name:38s} {1e3 * statistics.median(values):9.2f} ms/step', flush=True)
+  return times
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def machine_description() -> List[str]:
+  load = ', '.join(f'{value:.1f}' for value in os.getloadavg())
+  return [f'- CPU: {cpu_model()}, {os.cpu_count()} cores visible, load average at the end {load}',
+          f'- JAX {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), '
+          f'flax, optax {optax.__version__}; Python {platform.python_version()}',
+          f'- Date: {datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}']
+
+
+def case_table(case: Case, results: Dict[str, List[float]]) -> List[str]:
+  nesterov = statistics.median(results['Nesterov'])
+  lines = [f'### {case.name}', '', case.description, '',
+           '| optimiser | ms / step, median (min-max) | ratio to Nesterov |', '|---|---:|---:|']
+  for name, times in results.items():
+    median = statistics.median(times)
+    lines.append(f'| {name} | {1e3 * median:.2f} ({1e3 * min(times):.2f}-{1e3 * max(times):.2f}) '
+                 f'| {median / nesterov:.2f}x |')
+  return lines + ['']
+
+
+def goal_lines(cases: List[Case], all_results: List[Dict[str, List[float]]], inverse_every: int) -> List[str]:
+  """Whether the amortised K-FAC-reduce step is within `GOAL_RATIO` of a Nesterov step."""
+  lines = [f'Goal: amortised K-FAC-reduce step at most {GOAL_RATIO}x a Nesterov step.', '']
+  for case, results in zip(cases, all_results):
+    nesterov = statistics.median(results['Nesterov'])
+    for name in (f'K-FAC-reduce, T_cov=1, T_inv={inverse_every}',
+                 f'K-FAC-reduce, T_cov={inverse_every}, T_inv={inverse_every}'):
+      ratio = statistics.median(results[name]) / nesterov
+      verdict = 'meets' if ratio <= GOAL_RATIO else 'misses'
+      lines.append(f'- {case.name}, {name}: {ratio:.2f}x, {verdict} the goal')
+  return lines + ['']
+
+
+def main(argv) -> None:
+  del argv
+  repeats = 3 if FLAGS.quick else FLAGS.repeats
+  inverse_every = FLAGS.inverse_update_every
+  rng = np.random.default_rng(0)
+  builders = {'cnn': cnn_case, 'transformer': transformer_case, 'ogbg': ogbg_case}
+  unknown = sorted(set(FLAGS.models) - set(builders))
+  if unknown:
+    raise app.UsageError(f'unknown models {unknown}; choose from {sorted(builders)}')
+  cases = [case for case in (builders[name](rng) for name in FLAGS.models) if case is not None]
+  all_results = [time_case(case, variants(inverse_every), inverse_every, repeats) for case in cases]
+  lines = ['# K-FAC step cost vs Nesterov', '',
+           'Written by `scripts/bench_kfac_step.py` (`make bench`); see its docstring for the '
+           'method. One process, side by side; time per training step (loss gradient + optimiser '
+           f'+ parameter update), median of {repeats} repeats of {inverse_every} steps, the '
+           'variants taking turns, after compilation and a warm-up repeat. LAPACK (eigh) runs '
+           f'with OPENBLAS_NUM_THREADS={os.environ["OPENBLAS_NUM_THREADS"]}. K-FAC: MC Fisher '
+           f'(1 sample), exact damping '
+           f'{DAMPING}, EMA 0.95.', '', *machine_description(), '']
+  for case, results in zip(cases, all_results):
+    lines += case_table(case, results)
+  lines += goal_lines(cases, all_results, inverse_every)
+  os.makedirs(os.path.dirname(FLAGS.output) or '.', exist_ok=True)
+  with open(FLAGS.output, 'w') as report:
+    report.write('\n'.join(lines))
+  print('\n'.join(lines))
+  print(f'written to {FLAGS.output}')
+
+
+if __name__ == '__main__':
+  app.run(main)
