@@ -12,7 +12,7 @@ embedded path never loads them.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
@@ -101,13 +101,6 @@ class PaddedTfBatches:
       yield pad_batch(with_weights(batch['inputs'], batch['targets']), self.batch_size)
 
 
-def tf_batches(dataset: Any) -> Iterator[Batch]:
-  """Full numpy batches (all weights 1) from a batched `tf.data.Dataset` of
-  `{'inputs', 'targets'}`."""
-  for batch in dataset.as_numpy_iterator():
-    yield with_weights(batch['inputs'], batch['targets'])
-
-
 def check_tfds_prepared(data_dir: Optional[str], name: str) -> None:
   """Raises BenchmarkError unless `data_dir` holds the prepared tfds data set `name` (e.g.
   `cifar10:3.0.2`): tfds's layout `<data_dir>/<name>/<version>/dataset_info.json`."""
@@ -131,13 +124,69 @@ def tfds_builder(name: str, data_dir: Optional[str]) -> Any:
   return tfds.builder(name, data_dir=data_dir)
 
 
-def tf_dataset_options(dataset: Any) -> Any:
-  """Deterministic element order for parallel maps (the default, made explicit)."""
+def _tfds_split(name: str, data_dir: Optional[str], split: str,
+                skip_image_decoding: bool) -> Any:
+  """The examples of a tfds split in stored order, element order deterministic under parallel
+  maps; images left as encoded bytes when `skip_image_decoding`."""
   import tensorflow as tf
+  import tensorflow_datasets as tfds
 
+  decoders = {'image': tfds.decode.SkipDecoding()} if skip_image_decoding else None
+  dataset = tfds_builder(name, data_dir).as_dataset(split=split, decoders=decoders,
+                                                    shuffle_files=False)
   options = tf.data.Options()
   options.deterministic = True
   return dataset.with_options(options)
+
+
+def tfds_train_batches(name: str, data_dir: Optional[str], split: str, seed: int,
+                       batch_size: int, shuffle_buffer: int,
+                       preprocess: Callable[[Any, Any], Any], skip_image_decoding: bool = False,
+                       cache: bool = False) -> Iterator[Batch]:
+  """Endless training batches of a tfds image classification split.
+
+  The split (cached in memory when `cache`) is repeated, shuffled in a buffer of
+  `shuffle_buffer` examples with `seed`, and each image is mapped by
+  `preprocess(image, example_seed)`, `example_seed` a stateless TF seed unique to (`seed`, the
+  example's index in the stream); so `seed` fixes the order and every augmentation.
+  """
+  import tensorflow as tf
+
+  dataset = _tfds_split(name, data_dir, split, skip_image_decoding)
+  if cache:
+    dataset = dataset.cache()
+  dataset = dataset.repeat().shuffle(shuffle_buffer, seed=seed)
+
+  def map_example(index: Any, example: Any) -> Any:
+    return {'inputs': preprocess(example['image'], tf_seed_pair(seed, index)),
+            'targets': example['label']}
+
+  dataset = dataset.enumerate().map(map_example, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return (with_weights(batch['inputs'], batch['targets'])
+          for batch in dataset.as_numpy_iterator())
+
+
+def tfds_eval_batches(name: str, data_dir: Optional[str], split: str, batch_size: int,
+                      num_examples: Optional[int], preprocess: Callable[[Any], Any],
+                      skip_image_decoding: bool = False,
+                      cache: bool = True) -> PaddedTfBatches:
+  """One pass over the first `num_examples` (all when None) of a tfds split in stored order,
+  images mapped by `preprocess(image)` (cached after preprocessing when `cache`), the last batch
+  padded."""
+  import tensorflow as tf
+
+  dataset = _tfds_split(name, data_dir, split, skip_image_decoding)
+  if num_examples is not None:
+    dataset = dataset.take(num_examples)
+
+  def map_example(example: Any) -> Any:
+    return {'inputs': preprocess(example['image']), 'targets': example['label']}
+
+  dataset = dataset.map(map_example, num_parallel_calls=tf.data.AUTOTUNE)
+  if cache:
+    dataset = dataset.cache()
+  return PaddedTfBatches(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), batch_size)
 
 
 def tf_seed_pair(seed: int, index: Any) -> Any:

@@ -45,7 +45,7 @@ def preprocess_eval(image: Any, mean: tuple, std: tuple) -> Any:
 
 def train_batches(data_dir: str, seed: int, batch_size: int,
                   config: ml_collections.ConfigDict) -> Iterator[image_pipeline.Batch]:
-  """Endless shuffled, augmented training batches.
+  """Endless shuffled, augmented training batches (the 45,000 training images, cached).
 
   Args:
     data_dir: the tfds directory.
@@ -53,41 +53,18 @@ def train_batches(data_dir: str, seed: int, batch_size: int,
     batch_size: examples per batch.
     config: the config's `tfds` section.
   """
-  import tensorflow as tf
-
-  builder = image_pipeline.tfds_builder(config.name, data_dir)
-  dataset = builder.as_dataset(split=tfds_split('train', config.num_train), shuffle_files=False)
-  dataset = image_pipeline.tf_dataset_options(dataset).cache().repeat()
-  dataset = dataset.shuffle(config.shuffle_buffer_batches * batch_size, seed=seed)
-
-  def preprocess(index: Any, example: Any) -> Any:
-    image = preprocess_train(example['image'], image_pipeline.tf_seed_pair(seed, index),
-                             config.padding, config.mean_rgb, config.std_rgb)
-    return {'inputs': image, 'targets': example['label']}
-
-  dataset = dataset.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return image_pipeline.tf_batches(dataset)
+  return image_pipeline.tfds_train_batches(
+      config.name, data_dir, tfds_split('train', config.num_train), seed, batch_size,
+      config.shuffle_buffer_batches * batch_size,
+      lambda image, example_seed: preprocess_train(image, example_seed, config.padding,
+                                                   config.mean_rgb, config.std_rgb),
+      cache=True)
 
 
 def eval_batches(data_dir: str, split: str, batch_size: int, num_examples: Optional[int],
                  cache: bool, config: ml_collections.ConfigDict) -> Iterable[image_pipeline.Batch]:
   """One pass over the first `num_examples` (all when None) of an evaluation split, the last
   batch padded."""
-  import tensorflow as tf
-
-  builder = image_pipeline.tfds_builder(config.name, data_dir)
-  dataset = builder.as_dataset(split=tfds_split(split, config.num_train), shuffle_files=False)
-  dataset = image_pipeline.tf_dataset_options(dataset)
-  if num_examples is not None:
-    dataset = dataset.take(num_examples)
-
-  def preprocess(example: Any) -> Any:
-    return {'inputs': preprocess_eval(example['image'], config.mean_rgb, config.std_rgb),
-            'targets': example['label']}
-
-  dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  if cache:
-    dataset = dataset.cache()
-  dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  return image_pipeline.PaddedTfBatches(dataset, batch_size)
+  return image_pipeline.tfds_eval_batches(
+      config.name, data_dir, tfds_split(split, config.num_train), batch_size, num_examples,
+      lambda image: preprocess_eval(image, config.mean_rgb, config.std_rgb), cache=cache)

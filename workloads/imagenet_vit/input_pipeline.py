@@ -102,27 +102,16 @@ def train_batches(data_dir: str, seed: int, batch_size: int, image_size: int,
   Args:
     data_dir: the tfds directory.
     seed: fixes the shuffle order and every augmentation.
-    batch_size: examples per batch (the final partial batch of nothing: the stream is endless).
+    batch_size: examples per batch.
     image_size: the model's input side.
     config: the config's `tfds` section.
   """
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-
-  builder = image_pipeline.tfds_builder(config.train_name, data_dir)
-  dataset = builder.as_dataset(split='train', decoders={'image': tfds.decode.SkipDecoding()},
-                               shuffle_files=False)
-  dataset = image_pipeline.tf_dataset_options(dataset).repeat()
-  dataset = dataset.shuffle(config.shuffle_buffer_batches * batch_size, seed=seed)
-
-  def preprocess(index: Any, example: Any) -> Any:
-    image = preprocess_train(example['image'], image_pipeline.tf_seed_pair(seed, index),
-                             image_size, config)
-    return {'inputs': image, 'targets': example['label']}
-
-  dataset = dataset.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return image_pipeline.tf_batches(dataset)
+  return image_pipeline.tfds_train_batches(
+      config.train_name, data_dir, 'train', seed, batch_size,
+      config.shuffle_buffer_batches * batch_size,
+      lambda image_bytes, example_seed: preprocess_train(image_bytes, example_seed, image_size,
+                                                         config),
+      skip_image_decoding=True)
 
 
 def eval_batches(data_dir: str, split: str, batch_size: int, num_examples: Optional[int],
@@ -131,28 +120,15 @@ def eval_batches(data_dir: str, split: str, batch_size: int, num_examples: Optio
   """One pass over the first `num_examples` (all when None) of an evaluation split, centre
   crops, the last batch padded. `eval_train` and `validation` read `imagenet2012`, `test`
   ImageNet-v2 (as AlgoPerf)."""
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-
   name_key, tfds_split = TFDS_EVAL_SPLITS[split]
-  builder = image_pipeline.tfds_builder(config[name_key], data_dir)
-  dataset = builder.as_dataset(split=tfds_split,
-                               decoders={'image': tfds.decode.SkipDecoding()},
-                               shuffle_files=False)
-  dataset = image_pipeline.tf_dataset_options(dataset)
-  if num_examples is not None:
-    dataset = dataset.take(num_examples)
 
-  def preprocess(example: Any) -> Any:
-    image = decode_center_crop(example['image'], image_size, config.resize_size)
-    return {'inputs': image_pipeline.tf_normalize(image, config.mean_rgb, config.std_rgb),
-            'targets': example['label']}
+  def preprocess(image_bytes: Any) -> Any:
+    image = decode_center_crop(image_bytes, image_size, config.resize_size)
+    return image_pipeline.tf_normalize(image, config.mean_rgb, config.std_rgb)
 
-  dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  if cache:
-    dataset = dataset.cache()
-  dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  return image_pipeline.PaddedTfBatches(dataset, batch_size)
+  return image_pipeline.tfds_eval_batches(config[name_key], data_dir, tfds_split, batch_size,
+                                          num_examples, preprocess, skip_image_decoding=True,
+                                          cache=cache)
 
 
 def mixup_batches(batches: Iterator[image_pipeline.Batch], seed: int, alpha: float,
