@@ -319,7 +319,7 @@ class Workload(metaclass=abc.ABCMeta):
 
   def describe(self) -> Dict[str, Any]:
     """Facts a user checks before a run (`kfac-bench describe`)."""
-    params, _ = self.init_model_fn(jax.random.PRNGKey(0))
+    params, _ = jax.eval_shape(lambda rng: self.init_model_fn(rng), jax.random.PRNGKey(0))
     leaves = jax.tree_util.tree_leaves(params)
     return {
         'workload': self.workload_name,

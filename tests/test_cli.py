@@ -56,3 +56,19 @@ def test_malformed_search_space_and_submission(tmp_path):
                         f'--experiment_dir={tmp_path}')
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('workload, num_params, num_arrays', [
+    ('ogbg_molpcba', 3_554_176, 66),
+    ('imagenet_vit', 22_122_472, 200),
+])
+def test_describe_full_configs(workload, num_params, num_arrays):
+  result = kfac_bench('describe', f'--workload={workload}', '--config=full', '--format=json')
+  assert result.returncode == 0, result.stderr
+  described = json.loads(result.stdout)
+  assert described['num_params'] == num_params
+  assert described['num_param_arrays'] == num_arrays
+  assert described['data_source'] == 'tfds'
+  for key in ('target_metric_name', 'validation_target_value', 'step_hint', 'batch_size',
+              'num_train_examples', 'num_validation_examples', 'num_test_examples'):
+    assert key in described
