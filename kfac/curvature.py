@@ -96,7 +96,8 @@ def validate_config(config: CurvatureConfig) -> None:
   if isinstance(config.damping, (int, float)) and not config.damping > 0:
     raise ValueError(f'damping must be > 0, got {config.damping}')
   if config.damping_mode not in inverses.DAMPING_MODES:
-    raise ValueError(f'damping_mode must be one of {inverses.DAMPING_MODES}, got {config.damping_mode!r}')
+    raise ValueError(f'damping_mode must be one of {inverses.DAMPING_MODES}, '
+                     f'got {config.damping_mode!r}')
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f'ema_decay must be in [0, 1), got {config.ema_decay}')
   for name in ('cov_update_every', 'inverse_update_every'):
@@ -106,7 +107,8 @@ def validate_config(config: CurvatureConfig) -> None:
   for path, layout in config.layouts.items():
     for kind in (layout.kind_a, layout.kind_b):
       if kind not in inverses.FACTOR_KINDS:
-        raise ValueError(f'layer {path}: factor kind must be one of {inverses.FACTOR_KINDS}, got {kind!r}')
+        raise ValueError(f'layer {path}: factor kind must be one of {inverses.FACTOR_KINDS}, '
+                         f'got {kind!r}')
 
 
 def zero_factors(config: CurvatureConfig) -> Factors:
@@ -154,7 +156,8 @@ def ema_weight(count: jax.Array, ema_decay: float) -> jax.Array:
   return jnp.maximum(1.0 - ema_decay, 1.0 / (count.astype(jnp.float32) + 1.0))
 
 
-def update_factors(state: CurvatureState, raw_factors: Mapping[LayerPath, Tuple[jax.Array, jax.Array]],
+def update_factors(state: CurvatureState,
+                   raw_factors: Mapping[LayerPath, Tuple[jax.Array, jax.Array]],
                    config: CurvatureConfig) -> CurvatureState:
   """Fold new full factors into the EMA; layers whose new factors are non-finite keep theirs."""
   new_stored = compress_factors(raw_factors, config)

@@ -207,7 +207,8 @@ def make_plan(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inputs: An
   if options.strict:
     problems = [f'{"/".join(path)}: {message}' for path, layer in plan.layers.items()
                 for message in layer.fallbacks]
-    problems += [f'{"/".join(path)}: not covered ({reason})' for path, reason in plan.uncovered.items()
+    problems += [f'{"/".join(path)}: not covered ({reason})'
+                 for path, reason in plan.uncovered.items()
                  if not reason.endswith(_NOT_A_LINEAR_LAYER)]
     if problems:
       raise ValueError('kfac strict mode: fallbacks are not allowed:\n  ' + '\n  '.join(problems))
@@ -248,7 +249,8 @@ def report_rows(plan: Plan, params: Any) -> List[ReportRow]:
     param_path = _param_path(key_path)
     block = covered.get(param_path)
     if block is None:
-      block = ('none', '', '', '', f'passed through: {plan.uncovered.get(param_path, "not covered")}')
+      reason = plan.uncovered.get(param_path, 'not covered')
+      block = ('none', '', '', '', f'passed through: {reason}')
     rows.append(ReportRow('/'.join(param_path), tuple(leaf.shape), *block))
   return rows
 
@@ -275,7 +277,8 @@ def format_curvature_report(rows: List[ReportRow]) -> str:
   cells = [[str(value) for value in header]]
   cells += [[row.parameter, 'x'.join(map(str, row.shape)) or 'scalar', *row[2:]] for row in rows]
   widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-  lines = ['  '.join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+  lines = ['  '.join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+           for line in cells]
   lines.insert(1, '  '.join('-' * width for width in widths))
   return '\n'.join(lines)
 
@@ -380,7 +383,8 @@ def precondition(apply_fn: Callable[[Any, Any], jax.Array], **options: Any
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def kfac_optimizer(apply_fn: Callable[[Any, Any], jax.Array], *, learning_rate: optax.ScalarOrSchedule,
+def kfac_optimizer(apply_fn: Callable[[Any, Any], jax.Array], *,
+                   learning_rate: optax.ScalarOrSchedule,
                    momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0,
                    clip_update_norm: Optional[float] = None, **precondition_options: Any
                    ) -> optax.GradientTransformationExtraArgs:

@@ -14,9 +14,10 @@ Each repeat runs `T_inv` consecutive steps (so an amortised repeat holds exactly
 update) and blocks on the result; the time per step is the repeat's time / `T_inv`. The variants
 of a model are compiled and warmed up (one repeat, excluded) first, then timed in turns, one
 repeat each per round, so that load changes on a shared machine hit them alike. The table shows
-the median over repeats (min-max in brackets) and the ratio to Nesterov. The Markdown table goes to `--output` with the machine
-(CPU model from /proc/cpuinfo, cores, load average, jax version, date): these machines are
-shared, so compare ratios measured in one run, never absolute times across runs.
+the median over repeats (min-max in brackets) and the ratio to Nesterov. The Markdown table goes
+to `--output` with the machine (CPU model from /proc/cpuinfo, cores, load average, jax version,
+date): these machines are shared, so compare ratios measured in one run, never absolute times
+across runs. `--quick` times 3 repeats instead of 9.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from absl import app, flags
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -131,15 +133,20 @@ def count_parameters(params: Any) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
 
 
+def classification_batch(rng: np.random.Generator, inputs: np.ndarray) -> Dict[str, Any]:
+  """`inputs` with random integer labels `[N]` and no mask."""
+  labels = rng.integers(0, NUM_CLASSES, len(inputs)).astype(np.int32)
+  return {'inputs': inputs, 'targets': labels, 'mask': None}
+
+
 def cnn_case(rng: np.random.Generator) -> Case:
   batch_size = 32
   model = SmallCNN()
   inputs = rng.standard_normal((batch_size, 32, 32, 3)).astype(np.float32)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs)
   return Case('Small CNN', f'3 convs + Dense, {count_parameters(params):,} params, batch '
-              f'{batch_size} of 32x32x3', model.apply, params,
-              {'inputs': inputs, 'targets': rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
-               'mask': None}, 'softmax_cross_entropy')
+              f'{batch_size} of 32x32x3', model.apply, params, classification_batch(rng, inputs),
+              'softmax_cross_entropy')
 
 
 def transformer_case(rng: np.random.Generator) -> Case:
@@ -150,11 +157,11 @@ def transformer_case(rng: np.random.Generator) -> Case:
   return Case('Small transformer', f'width {model.width}, {model.depth} blocks, {model.num_heads} '
               f'heads, MLP {model.mlp_dim}, {count_parameters(params):,} params, batch '
               f'{batch_size} x {length} tokens', model.apply, params,
-              {'inputs': inputs, 'targets': rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
-               'mask': None}, 'softmax_cross_entropy')
+              classification_batch(rng, inputs), 'softmax_cross_entropy')
 
 
-def synthetic_molecules(rng: np.random.Generator, count: int, num_tasks: int) -> List[Dict[str, np.ndarray]]:
+def synthetic_molecules(rng: np.random.Generator, count: int,
+                        num_tasks: int) -> List[Dict[str, np.ndarray]]:
   """Random molecules in the tfds `ogbg_molpcba` example format (about 16 atoms, 17 bonds)."""
   examples = []
   for _ in range(count):
@@ -202,7 +209,8 @@ def ogbg_case(rng: np.random.Generator) -> Optional[Case]:
               'sigmoid_cross_entropy')
 
 
-def batch_loss(loss: str, logits: jax.Array, targets: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+def batch_loss(loss: str, logits: jax.Array, targets: jax.Array,
+               mask: Optional[jax.Array]) -> jax.Array:
   """The training objective: mean softmax CE, or masked mean sigmoid CE."""
   if loss == 'softmax_cross_entropy':
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
@@ -226,20 +234,24 @@ def variants(inverse_every: int) -> List[Variant]:
   return [
       Variant('Nesterov', nesterov, False),
       Variant('K-FAC-reduce, T_cov=1, T_inv=1', kfac_variant('reduce', 1, 1), True),
-      Variant(f'K-FAC-reduce, T_cov=1, T_inv={inverse_every}', kfac_variant('reduce', 1, inverse_every), True),
+      Variant(f'K-FAC-reduce, T_cov=1, T_inv={inverse_every}',
+              kfac_variant('reduce', 1, inverse_every), True),
       Variant('K-FAC-expand, T_cov=1, T_inv=1', kfac_variant('expand', 1, 1), True),
-      Variant(f'K-FAC-expand, T_cov=1, T_inv={inverse_every}', kfac_variant('expand', 1, inverse_every), True),
+      Variant(f'K-FAC-expand, T_cov=1, T_inv={inverse_every}',
+              kfac_variant('expand', 1, inverse_every), True),
       Variant(f'K-FAC-reduce, T_cov={inverse_every}, T_inv={inverse_every}',
               kfac_variant('reduce', inverse_every, inverse_every), True),
   ]
 
 
-def make_train_step(case: Case, optimizer: optax.GradientTransformation, uses_kfac: bool) -> Callable:
+def make_train_step(case: Case, optimizer: optax.GradientTransformation,
+                    uses_kfac: bool) -> Callable:
   """The jitted training step `(params, opt_state, rng) -> (params, opt_state, loss)`."""
   batch = case.batch
 
   def loss_fn(params):
-    return batch_loss(case.loss, case.apply_fn(params, batch['inputs']), batch['targets'], batch['mask'])
+    logits = case.apply_fn(params, batch['inputs'])
+    return batch_loss(case.loss, logits, batch['targets'], batch['mask'])
 
   @jax.jit
   def train_step(params, opt_state, rng):
@@ -279,7 +291,8 @@ def time_case(case: Case, all_variants: List[Variant], steps_per_repeat: int, re
               ) -> Dict[str, List[float]]:
   """Seconds per step of every repeat of every variant, the variants interleaved repeat by
   repeat so that load changes on a shared machine hit them alike."""
-  runs = {variant.name: prepared_repeat(case, variant, steps_per_repeat) for variant in all_variants}
+  runs = {variant.name: prepared_repeat(case, variant, steps_per_repeat)
+          for variant in all_variants}
   times = {name: [] for name in runs}
   for _ in range(repeats):
     for name, timed_repeat in runs.items():
@@ -302,9 +315,11 @@ def cpu_model() -> str:
 
 def machine_description() -> List[str]:
   load = ', '.join(f'{value:.1f}' for value in os.getloadavg())
+  device = jax.devices()[0]
   return [f'- CPU: {cpu_model()}, {os.cpu_count()} cores visible, load average at the end {load}',
-          f'- JAX {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), '
-          f'flax, optax {optax.__version__}; Python {platform.python_version()}',
+          f'- JAX {jax.__version__} on {device.platform} ({device.device_kind}), '
+          f'flax {flax.__version__}, optax {optax.__version__}; '
+          f'Python {platform.python_version()}',
           f'- Date: {datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}']
 
 
@@ -319,7 +334,8 @@ def case_table(case: Case, results: Dict[str, List[float]]) -> List[str]:
   return lines + ['']
 
 
-def goal_lines(cases: List[Case], all_results: List[Dict[str, List[float]]], inverse_every: int) -> List[str]:
+def goal_lines(cases: List[Case], all_results: List[Dict[str, List[float]]],
+               inverse_every: int) -> List[str]:
   """Whether the amortised K-FAC-reduce step is within `GOAL_RATIO` of a Nesterov step."""
   lines = [f'Goal: amortised K-FAC-reduce step at most {GOAL_RATIO}x a Nesterov step.', '']
   for case, results in zip(cases, all_results):

@@ -8,7 +8,8 @@ import pytest
 from kfac import curvature, inverses
 
 LAYER_1, LAYER_2 = ('Dense_0',), ('Block_0', 'Conv_0')
-LAYOUTS = {LAYER_1: curvature.FactorLayout(4, 3), LAYER_2: curvature.FactorLayout(3, 2, 'full', 'diagonal')}
+LAYOUTS = {LAYER_1: curvature.FactorLayout(4, 3),
+           LAYER_2: curvature.FactorLayout(3, 2, 'full', 'diagonal')}
 
 
 def random_factors(rng):
@@ -17,7 +18,8 @@ def random_factors(rng):
   for path, layout in LAYOUTS.items():
     ma = rng.standard_normal((layout.dim_a, 8))
     mb = rng.standard_normal((layout.dim_b, 8))
-    factors[path] = (jnp.asarray(ma @ ma.T / 8, jnp.float32), jnp.asarray(mb @ mb.T / 8, jnp.float32))
+    factors[path] = (jnp.asarray(ma @ ma.T / 8, jnp.float32),
+                     jnp.asarray(mb @ mb.T / 8, jnp.float32))
   return factors
 
 
@@ -56,13 +58,15 @@ def test_first_update_sets_the_factor_then_averages():
   np.testing.assert_allclose(state.factors[LAYER_1][0], first[LAYER_1][0], rtol=1e-6)
   np.testing.assert_allclose(state.factors[LAYER_2][1], jnp.diag(first[LAYER_2][1]), rtol=1e-6)
   state = curvature.update_factors(state, second, cfg)
-  np.testing.assert_allclose(state.factors[LAYER_1][0], (first[LAYER_1][0] + second[LAYER_1][0]) / 2,
+  np.testing.assert_allclose(state.factors[LAYER_1][0],
+                             (first[LAYER_1][0] + second[LAYER_1][0]) / 2,
                              rtol=1e-6)
 
 
 def test_state_dtype_is_float32():
   state = curvature.init_curvature_state(config(damping_mode='pi'))
-  state = curvature.update_curvature(state, lambda: factor_sequence(1)[0], config(damping_mode='pi'))
+  state = curvature.update_curvature(state, lambda: factor_sequence(1)[0],
+                                     config(damping_mode='pi'))
   for leaf in jax.tree_util.tree_leaves((state.factors, state.inverses)):
     assert leaf.dtype == jnp.float32
 
@@ -85,9 +89,11 @@ def test_gating_under_jit(cov_every, inv_every):
     assert factor_changed == (t % cov_every == 0), t
     inverse_changed = False
     if t % inv_every == 0:
-      inverse_changed = inverse_source is None or not np.allclose(new.factors[LAYER_1][0], inverse_source[0])
+      inverse_changed = (inverse_source is None
+                         or not np.allclose(new.factors[LAYER_1][0], inverse_source[0]))
       inverse_source = new.factors[LAYER_1]
-    assert (not np.allclose(new.inverses[LAYER_1].a, state.inverses[LAYER_1].a)) == inverse_changed, t
+    changed = not np.allclose(new.inverses[LAYER_1].a, state.inverses[LAYER_1].a)
+    assert changed == inverse_changed, t
     expected = scheme.compute(*inverse_source, cfg.damping)
     np.testing.assert_allclose(new.inverses[LAYER_1].a, expected.a, rtol=1e-5, atol=1e-6)
     assert int(new.step) == t + 1
@@ -136,7 +142,8 @@ def test_nonfinite_factors_keep_the_last_good_inverse():
 
 def test_nonfinite_inverse_keeps_the_last_good_inverse():
   cfg = config(damping_mode='pi')
-  state = curvature.update_curvature(curvature.init_curvature_state(cfg), lambda: factor_sequence(1)[0], cfg)
+  state = curvature.update_curvature(curvature.init_curvature_state(cfg),
+                                     lambda: factor_sequence(1)[0], cfg)
   a, b = state.factors[LAYER_2]
   broken = state._replace(factors={**state.factors, LAYER_2: (a.at[1, 1].set(jnp.inf), b)})
   updated = jax.jit(lambda s: curvature.update_inverses(s, cfg))(broken)
@@ -161,11 +168,13 @@ def test_precondition_layers_matches_dense_solve():
   got = curvature.precondition_layers(state, {LAYER_2: grad}, cfg)[LAYER_2]
   a, b = factors[LAYER_2]
   block = jnp.kron(a, jnp.diag(jnp.diag(b))) + 0.01 * jnp.eye(6)
-  np.testing.assert_allclose(got, jnp.linalg.solve(block, grad.reshape(-1)).reshape(3, 2), rtol=1e-4)
+  want = jnp.linalg.solve(block, grad.reshape(-1)).reshape(3, 2)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
-@pytest.mark.parametrize('bad', [dict(damping=0.0), dict(damping_mode='tikhonov'), dict(ema_decay=1.0),
-                                 dict(cov_update_every=0), dict(inverse_update_every=1.5)])
+@pytest.mark.parametrize('bad', [dict(damping=0.0), dict(damping_mode='tikhonov'),
+                                 dict(ema_decay=1.0), dict(cov_update_every=0),
+                                 dict(inverse_update_every=1.5)])
 def test_bad_config_is_rejected(bad):
   with pytest.raises(ValueError):
     curvature.init_curvature_state(config(**bad))

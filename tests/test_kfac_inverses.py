@@ -14,7 +14,7 @@ DAMPING = 0.05
 
 
 def random_spd(rng, dim, scale=1.0):
-  """A random symmetric positive-definite `[dim, dim]` matrix, eigenvalues in about [0.1, 3] * scale."""
+  """A random SPD `[dim, dim]` matrix, eigenvalues in about [0.1, 3] * scale."""
   m = rng.standard_normal((dim, 2 * dim)) / np.sqrt(2 * dim)
   return jnp.asarray(scale * (m @ m.T + 0.1 * np.eye(dim)), jnp.float32)
 
@@ -59,7 +59,8 @@ def test_pi_damping_matches_dense_solve():
 
 
 @pytest.mark.parametrize('kind_a,kind_b', [
-    pair for pair in itertools.product(inverses.FACTOR_KINDS, repeat=2) if pair != ('full', 'full')])
+    pair for pair in itertools.product(inverses.FACTOR_KINDS, repeat=2)
+    if pair != ('full', 'full')])
 @pytest.mark.parametrize('mode', inverses.DAMPING_MODES)
 def test_fallback_kinds_match_dense_solve(kind_a, kind_b, mode):
   a, b, grad = factors_and_grad(2, 1.5, 0.5)
@@ -119,7 +120,8 @@ def test_float64_eigh_with_x64():
   with jax.enable_x64(True):
     assert inverses.eigh_compute_dtype(jnp.float32, jnp.float64) == jnp.float64
     a, b, grad = factors_and_grad(7)
-    got = inverses.apply_exact_inverse(inverses.exact_inverse(a, b, DAMPING, jnp.float64), grad, DAMPING)
+    cache = inverses.exact_inverse(a, b, DAMPING, jnp.float64)
+    got = inverses.apply_exact_inverse(cache, grad, DAMPING)
     assert got.dtype == jnp.float32
     a64, b64, grad64 = (x.astype(jnp.float64) for x in (a, b, grad))
     want = dense_solve(jnp.kron(a64, b64) + DAMPING * jnp.eye(DIM_A * DIM_B), grad64)

@@ -85,8 +85,9 @@ def test_preconditioned_gradient_matches_dense_solve(mode, flavour):
   update = jax.jit(lambda g, s, p: transform.update(g, s, p, inputs=x, targets=y))
   updates, state = update(grads, transform.init(params), params)
 
-  factors = jax.jit(functools.partial(kfac.compute_factors, model.apply, loss='softmax_cross_entropy',
-                                      flavour=flavour, fisher_type='type2'))(params, x, y)
+  factors = jax.jit(functools.partial(kfac.compute_factors, model.apply,
+                                      loss='softmax_cross_entropy', flavour=flavour,
+                                      fisher_type='type2'))(params, x, y)
   assert set(factors) == {('Conv_0',), ('Dense_0',)}
   for name in ('Conv_0', 'Dense_0'):
     kernel, bias = grads['params'][name]['kernel'], grads['params'][name]['bias']
