@@ -50,7 +50,7 @@ class FactorLayout(NamedTuple):
 
 
 class CurvatureConfig(NamedTuple):
-  """Static settings of the curvature state (closed over by jitted code, never traced).
+  """Settings of the curvature state, closed over by jitted code (only `damping` may be traced).
 
   Attributes:
     layouts: `{layer_path: FactorLayout}` of every covered layer.
