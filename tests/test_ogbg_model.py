@@ -1,5 +1,6 @@
 """ogbg-molpcba GraphNetwork: AlgoPerf's parameter count and names, one call per Dense, dropout
 only in training, padding invariance of loss and metric, jitted evaluation."""
+# pylint: disable=protected-access
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def test_loss_and_metric_are_invariant_to_padding(tiny):
     budget = workload.padding_budget(batch_size)
     (batch,) = list(input_pipeline.batch_examples(examples, budget))
     assert batch['weights'].any(axis=1).sum() == len(examples)  # All in one batch.
-    logits, summed, n_valid = workload._eval_outputs(params, batch)  # pylint: disable=protected-access
+    logits, summed, n_valid = workload._eval_outputs(params, batch)
     results.append({
         'logits': np.asarray(logits)[:len(examples)],
         'summed': float(summed),
@@ -138,7 +139,7 @@ def test_loss_and_metric_are_invariant_to_padding(tiny):
 
 def test_eval_model_reports_loss_and_map_per_split_with_one_compilation(tiny):
   workload, params = tiny
-  compiled_before = workload._eval_outputs._cache_size()  # pylint: disable=protected-access
+  compiled_before = workload._eval_outputs._cache_size()
   results = workload.eval_model(workload.eval_batch_size, params, None, jax.random.PRNGKey(0),
                                 None)
   for split in ('train', 'validation', 'test'):
@@ -147,7 +148,7 @@ def test_eval_model_reports_loss_and_map_per_split_with_one_compilation(tiny):
   again = workload.eval_model(workload.eval_batch_size, params, None, jax.random.PRNGKey(1), None)
   assert again == results
   # The three splits share the padded shapes: one compilation for all evaluations.
-  assert workload._eval_outputs._cache_size() == compiled_before + 1  # pylint: disable=protected-access
+  assert workload._eval_outputs._cache_size() == compiled_before + 1
 
 
 def test_tiny_config_learns(tiny, tiny_batch):

@@ -223,7 +223,7 @@ def build_arrays(smiles_list: Sequence[str]) -> Dict[str, np.ndarray]:
           [g['edge_index'][:, ::2].T.reshape(-1, 2) for g in graphs]).astype(np.int32),
       'bond_feat': np.concatenate([g['edge_feat'][::2] for g in graphs]).astype(np.uint8),
       'labels': presence[:, tasks].astype(np.uint8),
-      'task_names': np.array([descriptors[t][0] for t in tasks]),
+      'task_names': np.array([descriptors[t][0] for t in tasks], dtype=str),
       'split': random_split(len(graphs)),
       'num_source_molecules': np.array(len(smiles_list)),
       'num_skipped': np.array(len(smiles_list) - len(graphs)),
