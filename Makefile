@@ -12,6 +12,8 @@ PYTEST_ARGS ?=
 
 export PYTHONHASHSEED := 0
 export TF_CPP_MIN_LOG_LEVEL := 3
+# jaxlib's CPU eigh uses scipy's OpenBLAS; multi-threaded it spin-waits against XLA (see benchmark/__init__.py).
+export OPENBLAS_NUM_THREADS := 1
 
 .PHONY: run test test-slow bench venv data clean study
 
