@@ -332,7 +332,7 @@ def environment_metadata() -> Dict[str, Any]:
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(),
       'python': sys.version.split()[0],
       'platform': platform.platform(),
-      'processor': _cpu_model(),
+      'processor': cpu_model(),
       'cpu_count': os.cpu_count(),
       'jax': jax.__version__,
       'jaxlib': getattr(jax.lib, '__version__', None) or _package_version('jaxlib'),
@@ -357,7 +357,8 @@ def _package_version(name: str) -> Optional[str]:
     return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 import kfac
+from benchmark.runner import cpu_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'Short run: 3 timed repeats instead of --repeats.')
@@ -300,17 +301,6 @@ def time_case(case: Case, all_variants: List[Variant], steps_per_repeat: int, re
   for name, values in times.items():
     print(f'{case.name:28s} {name:38s} {1e3 * statistics.median(values):9.2f} ms/step', flush=True)
   return times
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def machine_description() -> List[str]:
