@@ -1,0 +1,16 @@
+"""K-FAC-expand on the ImageNet ViT: patch embedding (Conv), attention q/k/v/out projections
+(DenseGeneral), MLP blocks and the pre-logits and head Dense layers preconditioned with expand
+factors (every token an example of its own); LayerNorm parameters and the position embedding
+pass through. See submissions/kfac_submission.py."""
+
+import functools
+
+from submissions import kfac_submission
+from submissions.common import data_selection, get_batch_size, prepare_for_eval, update_params
+from submissions.kfac_submission import step_phase
+
+FLAVOUR = 'expand'
+init_optimizer_state = functools.partial(kfac_submission.init_optimizer_state, flavour=FLAVOUR)
+
+__all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_selection',
+           'prepare_for_eval', 'step_phase']
