@@ -11,13 +11,16 @@ import ml_collections
 
 CONFIG_NAMES = ('full', 'small', 'tiny')
 
-# Provisional, set from measured Nesterov runs: the lead replaces these four values with the
-# measurement that justifies them. Runs with AlgoPerf's Nesterov hyperparameters (lr 2.49,
-# beta1 0.945, warmup 5% and linear decay over 0.75 x step_hint) gave on `small` (seed 0)
-# validation mAP 0.15 at step 500, 0.50 at 2,000, 0.51 at 3,000 (test 0.51); on `tiny`, over
-# 4 initialisation seeds, 0.27-0.32 at step 1,000, 0.43-0.50 at 1,500, 0.49-0.57 at 3,000.
-SMALL_VALIDATION_TARGET = 0.45
-SMALL_TEST_TARGET = 0.45
+# Small: validation mAP 0.70. Measured with the tuned Nesterov point
+# (tuning_search_spaces/ogbg_molpcba/nesterov_tuned.json: lr 0.707, 1 - beta1 0.0928, weight decay
+# 6.3e-7, the best of a 4-trial Halton sweep of nesterov_sweep.json), evaluating every 100 steps:
+# seed 0 reaches 0.6996 at step 900 and 0.7252 at 1,000; seed 1000 0.7096 at 900; seed 2000 escapes
+# the base-rate plateau (mAP ~0.14) later, 0.41 at step 700. The first evaluations sit on that
+# plateau, so 0.70 takes 9+ evaluations: reliable, not trivial. AlgoPerf's own Nesterov point
+# (lr 2.49) plateaus near 0.50 on this config (0.50 at step 2,000, 0.51 at 3,000, seed 0).
+SMALL_VALIDATION_TARGET = 0.70
+SMALL_TEST_TARGET = 0.70
+# Tiny (tests only): provisional, never used as a reference target.
 TINY_VALIDATION_TARGET = 0.40
 TINY_TEST_TARGET = 0.40
 
