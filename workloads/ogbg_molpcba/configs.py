@@ -80,8 +80,11 @@ def get_config(config_name: str) -> ml_collections.ConfigDict:
     })
   if config_name == 'small':
     # 140,667 parameters; 2.1 GFLOP per training step (XLA cost analysis), about 0.1 s of CPU
-    # time on 2 cores. Nesterov leaves its initial plateau (mAP ~0.14) after ~1,000 steps
-    # (latent 32 reaches only 0.43, batch 64 only 0.33 in the same 3,000 steps).
+    # time on 2 cores. With AlgoPerf's full-size hyperparameters (lr 2.49) Nesterov leaves its
+    # initial plateau (mAP ~0.14) late or not at all (final mAP 0.51 / 0.27 over two seeds; with 2
+    # message-passing steps 0.81 / 0.73), so the small reference is the tuned Nesterov point
+    # (nesterov_tuned.json), which reaches the 0.70 target on every seed measured (see the target
+    # above). The targets, make run and the K-FAC measurements are for these 3 steps.
     return ml_collections.ConfigDict({
         'model': {'latent_dim': 64, 'hidden_dims': (64,), 'num_message_passing_steps': 3,
                   'dropout_rate': 0.1},
