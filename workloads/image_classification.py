@@ -101,6 +101,8 @@ class ImageClassificationWorkload(spec.Workload):
   Subclasses implement `get_config`, `build_model`, `tfds_names` and the two tfds hooks.
   """
 
+  build_embedded_data = staticmethod(image_data.build_embedded_data)
+
   def __init__(self, config_name: str = 'small', data_dir: Optional[str] = None,
                data_source: Optional[str] = None) -> None:
     super().__init__(config_name, data_dir, data_source)

@@ -120,3 +120,9 @@ def load_digits_splits(data_root: Optional[str] = None,
     os.replace(temporary, path)
   with np.load(path) as cached:
     return {s: (cached[f'{s}_images'], cached[f'{s}_labels']) for s in SPLITS}
+
+
+def build_embedded_data(data_root: Optional[str] = None, seed: int = SPLIT_SEED) -> str:
+  """Builds the digits cache unless it exists (`kfac-bench build-data`); returns its path."""
+  load_digits_splits(data_root, seed)
+  return cache_path(data_root or default_data_root(), seed)
