@@ -1,8 +1,8 @@
 """`make bench`: K-FAC-expand vs K-FAC-reduce, the cost of one preconditioned update.
 
-The paper's cost study (Eschenhagen et al. 2023, "K-FAC for modern neural network
-architectures", section 4: one preconditioned update of a Wide ResNet on CIFAR-10 at five batch
-sizes): reduce's statistics cost `O(N P_in (P_in + R))` per layer against expand's
+The paper's cost study (Eschenhagen et al. 2023, "Kronecker-factored approximate curvature for
+modern neural network architectures": one preconditioned update of a Wide ResNet on CIFAR-10
+at five batch sizes, expand against reduce): reduce's statistics cost `O(N P_in (P_in + R))` per layer against expand's
 `O(N R P_in^2)`, so the gap should grow with the batch size N and with the weight-sharing size R.
 Everything runs in one process, side by side, on random data of the real shapes:
 
@@ -26,9 +26,9 @@ Each case times four phases, expand against reduce, through the library itself:
 `statistics` and `total` are timed for every case. `inverse` and `precondition` run programs
 whose shapes depend on neither the batch size nor the image side (the factors are
 `[P_in, P_in]`, `[P_out, P_out]` whatever N and R), the same program for both flavours: they
-are timed once per model, on the factors of its first case, and that measurement is repeated
-in the rows of the model's other cases (the eigendecompositions of WRN-16-4's 2304-wide
-factors would otherwise dominate the run time without telling anything new).
+are timed once per model, on the factors of its first case, and have rows for that case only
+(the eigendecompositions of WRN-16-4's 2304-wide factors would otherwise dominate the run time
+without telling anything new; `total` contains them in every case).
 
 The model runs in evaluation mode (BatchNorm on running statistics), so the statistics pass is
 the same computation as a Laplace fit (`scripts/marglik_wrn.py`). Every phase is compiled ahead
@@ -37,15 +37,16 @@ expand and reduce interleaved (the machines are shared: interleaving spreads loa
 both), each run ending in `block_until_ready`; the tables show the median.
 
 **Peak memory** is XLA's own account of each compiled program, `memory_analysis()`:
-arguments + outputs + temporaries - aliased bytes. It is exact per program, deterministic and
-the same on CPU and GPU; process RSS deltas are not usable here because the maximum RSS of a
-process never goes down, so every case after the largest one would read 0.
+arguments + outputs + temporaries - aliased bytes, from its static buffer assignment. It is
+per program and deterministic, and works the same way on an accelerator; process RSS deltas
+(`resource.getrusage`) are not usable here because a process's maximum RSS never goes down,
+so in one process every case after the largest one would read 0.
 
 Output: `docs/expand_vs_reduce.md` (tables and the machine: CPU model, cores, load, jax version,
 date, accelerator), `docs/expand_vs_reduce.png`, and as the last line of stdout the JSON list
 of rows `{model, batch_size, R, phase, expand_s, reduce_s, ...}`.
 
-Run time on the 2-core CPU of our shared machines: the default sizes take about 15 minutes
+Eigendecompositions run with `--lapack_threads=1` by default (see the flag). Run time on the 2-core CPU of our shared machines: the default sizes take about 15 minutes
 on a quiet machine (the largest WRN-16-4 batch, 64, dominates: about a minute per expand
 statistics pass); `--quick` times the tiny configs' models (WRN-10-1, a one-block ViT) at a few
 tiny sizes with XLA's backend optimisation off (compilation dominates such cases) and finishes
@@ -54,6 +55,7 @@ in under a minute: it checks that everything runs, its times are not the benchma
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import functools
 import json
@@ -73,6 +75,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS of jax's CPU LAPACK kernels)
+import threadpoolctl  # noqa: E402
 
 import kfac  # noqa: E402
 from kfac import curvature, optimizer  # noqa: E402
@@ -92,19 +96,27 @@ flags.DEFINE_list('vit_resolutions', ['16', '32', '64', '128'],
                   'ViT image sides (R = (side / patch)^2 tokens).')
 flags.DEFINE_enum('fisher_type', 'mc', kfac.FISHER_TYPES, 'Fisher of the statistics.')
 flags.DEFINE_float('damping', 1e-3, 'Damping of the inverses (exact damping).')
+flags.DEFINE_integer('lapack_threads', 1, 'Threads of the LAPACK (OpenBLAS) calls behind '
+                     "jax's CPU eigh: on a loaded shared CPU a multi-threaded OpenBLAS spins and "
+                     'its eigendecompositions run 10-15x slower.')
 flags.DEFINE_string('output_dir', None, 'Where expand_vs_reduce.md and .png are written '
                     '(default: docs/, or a new temporary folder with --quick).')
 
 FLAVOURS = ('expand', 'reduce')
 PHASES = ('statistics', 'inverse', 'precondition', 'total')
+CASE_PHASES = ('statistics', 'total')  # Timed for every case; the others once per model.
 LOSS = 'softmax_cross_entropy'
 NUM_CLASSES = 10
 MIB = 2.0**20
-# --quick: the tiny configs' models at these sizes (compilation dominates their run time).
+# --quick: the tiny configs' models at these sizes, four cases (compilation dominates their run
+# time); the WRN's R sweep is its one batch-sweep case there.
 QUICK_BATCH_SIZES = (2, 4)
-QUICK_WRN_RESOLUTIONS = (4, 8)
+QUICK_WRN_RESOLUTIONS = (8,)
 QUICK_VIT_RESOLUTIONS = (16, 32)
 QUICK_REPEATS = 2
+# The issue's goal: at the largest batch size on WRN-16-4, reduce's statistics at least this
+# much faster than expand's (and the speed-up growing with R).
+GOAL_STATISTICS_SPEEDUP = 2.0
 
 
 class Model(NamedTuple):
@@ -158,7 +170,8 @@ def vit_model(config_name: str) -> Model:
 def model_variables(model: Model) -> Tuple[Any, Dict[str, Any]]:
   """`(params, other collections)`: the parameters do not depend on the image side."""
   images = jnp.zeros((1, model.base_resolution, model.base_resolution, 3), jnp.float32)
-  variables = dict(jax.jit(model.module.init)(jax.random.PRNGKey(0), images))
+  with jax.threefry_partitionable(False):  # Compiles several times faster on CPU (the
+    variables = dict(jax.jit(model.module.init)(jax.random.PRNGKey(0), images))  # workloads' too).
   params = variables.pop('params')
   return params, variables
 
@@ -210,9 +223,17 @@ def time_phase(programs: Dict[str, Tuple[Any, Sequence[Any]]], repeats: int) -> 
                      peak_mib={f: peak_mib(compiled) for f, (compiled, _) in programs.items()})
 
 
-def compile_program(function: Callable[..., Any], *args: Any) -> Tuple[Any, Tuple[Any, ...]]:
-  """`(jit(function) compiled for args, args)`."""
-  return jax.jit(function).lower(*args).compile(), args
+def compile_programs(functions: Dict[str, Tuple[Callable[..., Any], Tuple[Any, ...]]]
+                     ) -> Dict[str, Tuple[Any, Tuple[Any, ...]]]:
+  """`{name: (jit(function) compiled for args, args)}` of `{name: (function, args)}`.
+
+  Tracing runs here, one function after the other; XLA's compilations run in parallel threads
+  (they release the GIL), which halves the compile time of an expand/reduce pair on 2 cores.
+  """
+  lowered = {name: jax.jit(function).lower(*args) for name, (function, args) in functions.items()}
+  with concurrent.futures.ThreadPoolExecutor(max_workers=len(lowered)) as pool:
+    compiled = {name: pool.submit(program.compile) for name, program in lowered.items()}
+  return {name: (compiled[name].result(), args) for name, (_, args) in functions.items()}
 
 
 class CurvaturePrograms(NamedTuple):
@@ -224,6 +245,7 @@ class CurvaturePrograms(NamedTuple):
 
   plan: optimizer.Plan
   config: curvature.CurvatureConfig
+  initial_state: curvature.CurvatureState
   update_factors: Callable[..., Any]
   inverse: Any
   precondition: Any
@@ -231,7 +253,8 @@ class CurvaturePrograms(NamedTuple):
 
 def curvature_programs(apply_fn: Callable[..., Any], params: Any, images: jax.Array,
                        grads: Any, fisher_type: str, damping: float) -> CurvaturePrograms:
-  """Plans the optimiser's layers (as `kfac.precondition` does) and compiles the inverse
+  """Plans the optimiser's layers (as `kfac.precondition` does), builds its initial state (what
+  `kfac.precondition(...).init` returns, the same for both flavours) and compiles the inverse
   (`update_inverses`) and precondition programs."""
   options = optimizer.validate_options(optimizer.PreconditionOptions(
       loss=LOSS, sample_inputs=images, fisher_type=fisher_type, damping=damping,
@@ -239,18 +262,19 @@ def curvature_programs(apply_fn: Callable[..., Any], params: Any, images: jax.Ar
   plan = optimizer.make_plan(apply_fn, params, images, options)
   config = optimizer.curvature_config(
       {path: layer.layout for path, layer in plan.layers.items()}, options)
-  state = curvature.init_curvature_state(config)
+  state = jax.jit(functools.partial(curvature.init_curvature_state, config))()
 
   def precondition_fn(curvature_state, gradients):
     matrices = curvature.precondition_layers(
         curvature_state, optimizer.layer_gradients(plan, gradients), config)
     return optimizer.parameter_updates(plan, matrices)
 
-  inverse, _ = compile_program(functools.partial(curvature.update_inverses, config=config), state)
-  precondition, _ = compile_program(precondition_fn, state, grads)
-  return CurvaturePrograms(plan, config,
+  programs = compile_programs({
+      'inverse': (functools.partial(curvature.update_inverses, config=config), (state,)),
+      'precondition': (precondition_fn, (state, grads))})
+  return CurvaturePrograms(plan, config, state,
                            jax.jit(functools.partial(curvature.update_factors, config=config)),
-                           inverse, precondition)
+                           programs['inverse'][0], programs['precondition'][0])
 
 
 def random_gradients(params: Any) -> Any:
@@ -258,9 +282,17 @@ def random_gradients(params: Any) -> Any:
       lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape, p.dtype), params)
 
 
-def time_case(case: Case, params: Any, state: Dict[str, Any], repeats: int, fisher_type: str,
+def time_case(case: Case, params: Any, state: Dict[str, Any], grads: Any,
+              initial_state: curvature.CurvatureState, repeats: int, fisher_type: str,
               damping: float) -> Tuple[Dict[str, PhaseResult], Dict[str, Any]]:
   """The `statistics` and `total` phases of one case, expand against reduce.
+
+  Args:
+    case: the model, batch size and image side.
+    params, state: the model's parameters and other collections.
+    grads: gradients of the parameters' shapes (only the shapes matter).
+    initial_state: the preconditioner's initial state (`CurvaturePrograms.initial_state`).
+    repeats, fisher_type, damping: as the flags.
 
   Returns:
     `({phase: PhaseResult}, {flavour: factors})`, the factors for `time_curvature_phases`.
@@ -269,17 +301,17 @@ def time_case(case: Case, params: Any, state: Dict[str, Any], repeats: int, fish
   images, labels = random_batch(case)
   rng = jax.random.PRNGKey(1)
   results = {}
-  statistics_programs = {}
+  statistics_functions = {}
   for flavour in FLAVOURS:
     statistics_fn = functools.partial(kfac.compute_factors, apply_fn, loss=LOSS, flavour=flavour,
                                       fisher_type=fisher_type)
-    statistics_programs[flavour] = compile_program(
-        lambda p, x, y, key, fn=statistics_fn: fn(p, x, y, rng=key), params, images, labels, rng)
+    statistics_functions[flavour] = (lambda p, x, y, key, fn=statistics_fn: fn(p, x, y, rng=key),
+                                     (params, images, labels, rng))
+  statistics_programs = compile_programs(statistics_functions)
   results['statistics'] = time_phase(statistics_programs, repeats)
   factors = {flavour: compiled(*args) for flavour, (compiled, args) in statistics_programs.items()}
 
-  grads = random_gradients(params)
-  total_programs = {}
+  total_functions = {}
   for flavour in FLAVOURS:
     preconditioner = kfac.precondition(
         apply_fn, loss=LOSS, sample_inputs=images, flavour=flavour, fisher_type=fisher_type,
@@ -288,17 +320,15 @@ def time_case(case: Case, params: Any, state: Dict[str, Any], repeats: int, fish
     def update(gradients, precondition_state, p, x, y, key, preconditioner=preconditioner):
       return preconditioner.update(gradients, precondition_state, p, inputs=x, targets=y, rng=key)
 
-    total_programs[flavour] = compile_program(update, grads, preconditioner.init(params), params,
-                                              images, labels, rng)
-  results['total'] = time_phase(total_programs, repeats)
+    total_functions[flavour] = (update, (grads, initial_state, params, images, labels, rng))
+  results['total'] = time_phase(compile_programs(total_functions), repeats)
   return results, factors
 
 
 def time_curvature_phases(programs: CurvaturePrograms, factors: Dict[str, Any], grads: Any,
                           repeats: int) -> Dict[str, PhaseResult]:
   """The `inverse` and `precondition` phases on each flavour's factors (one case's)."""
-  initial_state = curvature.init_curvature_state(programs.config)
-  factor_states = {flavour: programs.update_factors(initial_state, flavour_factors)
+  factor_states = {flavour: programs.update_factors(programs.initial_state, flavour_factors)
                    for flavour, flavour_factors in factors.items()}
   inverse_states = {flavour: programs.inverse(s) for flavour, s in factor_states.items()}
   return {
@@ -314,9 +344,9 @@ def time_curvature_phases(programs: CurvaturePrograms, factors: Dict[str, Any], 
 
 def result_rows(case: Case, sweeps: Sequence[str],
                 results: Dict[str, PhaseResult]) -> List[Dict[str, Any]]:
-  """The JSON rows of one case, one per phase."""
+  """The JSON rows of one case, one per phase timed with it."""
   rows = []
-  for phase in PHASES:
+  for phase in (phase for phase in PHASES if phase in results):
     result = results[phase]
     rows.append({
         'model': case.model.name, 'batch_size': case.batch_size,
@@ -368,13 +398,34 @@ def markdown_table(rows: List[Dict[str, Any]], key_columns: Sequence[str]) -> Li
   return lines
 
 
+def goal_lines(batch_rows: List[Dict[str, Any]], sweep_rows: List[Dict[str, Any]]) -> List[str]:
+  """Whether the measurements meet the goals, stated from the rows."""
+  largest = max(r['batch_size'] for r in batch_rows)
+  headline = next(r for r in batch_rows
+                  if r['batch_size'] == largest and r['phase'] == 'statistics')
+  speedup = headline['expand_s'] / headline['reduce_s']
+  lines = [f'- {headline["model"]} at batch size {largest}: reduce\'s statistics '
+           f'{speedup:.2f}x faster than expand\'s ({headline["reduce_s"]:.3f} s against '
+           f'{headline["expand_s"]:.3f} s; goal at least {GOAL_STATISTICS_SPEEDUP:g}x: '
+           f'{"met" if speedup >= GOAL_STATISTICS_SPEEDUP else "not met"}), peak memory '
+           f'{headline["reduce_peak_mib"]:.0f} MiB against {headline["expand_peak_mib"]:.0f} MiB.']
+  for model in dict.fromkeys(r['model'] for r in sweep_rows):
+    for phase in ('statistics', 'total'):
+      ordered = sorted((r for r in sweep_rows if r['model'] == model and r['phase'] == phase),
+                       key=lambda r: r['R'])
+      speedups = [r['expand_s'] / r['reduce_s'] for r in ordered]
+      growing = all(later > earlier for earlier, later in zip(speedups, speedups[1:]))
+      values = ', '.join(f'R={r["R"]}: {v:.2f}x' for r, v in zip(ordered, speedups))
+      trend = ('one R only' if len(speedups) < 2 else
+               'grows with R' if growing else 'does not grow monotonically with R')
+      lines.append(f'- {model}, {phase} speed-up over R: {values} ({trend}).')
+  return lines
+
+
 def write_markdown(path: str, rows: List[Dict[str, Any]], batch_model: str,
                    repeats: int, fisher_type: str, quick: bool, elapsed: float) -> None:
   batch_rows = [r for r in rows if 'batch' in r['sweeps']]
   sweep_rows = [r for r in rows if 'R' in r['sweeps']]
-  largest = max(r['batch_size'] for r in batch_rows)
-  headline = next(r for r in batch_rows
-                  if r['batch_size'] == largest and r['phase'] == 'statistics')
   lines = [
       '# K-FAC-expand vs K-FAC-reduce: the cost of one preconditioned update',
       '',
@@ -384,43 +435,52 @@ def write_markdown(path: str, rows: List[Dict[str, Any]], batch_model: str,
       'after compilation and one warm-up run, expand and reduce interleaved. '
       '`reduce/expand` is the time ratio (below 1: reduce is faster), `speed-up` its inverse. '
       'Peak memory is XLA\'s `memory_analysis()` of each compiled program (arguments + outputs '
-      '+ temporaries - aliased). `inverse` and `precondition` run the same program for both '
-      'flavours and every case of a model (the factor shapes depend on neither N nor R): they '
-      'are timed once per model, on its first case\'s factors, and repeated in its other rows; '
-      'their ratios show the noise level.',
+      '+ temporaries - aliased).',
       '',
       *machine_lines(quick),
       f'- Wall-clock of the whole benchmark: {elapsed / 60:.1f} min',
       '',
-      f'**Headline:** {batch_model} at batch size {largest}: reduce\'s statistics take '
-      f'{headline["reduce_s"]:.3f} s against expand\'s {headline["expand_s"]:.3f} s '
-      f'({headline["expand_s"] / headline["reduce_s"]:.2f}x faster), peak memory '
-      f'{headline["reduce_peak_mib"]:.0f} MiB against {headline["expand_peak_mib"]:.0f} MiB.',
+      '## Goals',
+      '',
+      *goal_lines(batch_rows, sweep_rows),
       '',
       f'## {batch_model}, batch-size sweep',
       '',
-      *markdown_table(batch_rows, ('batch_size', 'R')),
+      *markdown_table([r for r in batch_rows if r['phase'] in CASE_PHASES], ('batch_size', 'R')),
       '',
       f'## Weight-sharing size R (batch size {sweep_rows[0]["batch_size"]})',
       '',
       'R is the number of positions sharing a weight: image locations of the WRN\'s stem and '
       'first group (`side^2`; the later groups have `R / 4` and `R / 16`), tokens of the ViT '
-      '(`(side / patch)^2`).',
+      '(`(side / patch)^2`). Expand\'s extra work is `O(N R P^2)` per layer against the '
+      'layer\'s own `O(N R P_in P_out)`: for a 3x3 convolution `P_in = 9 C`, so expand\'s '
+      '`A` costs about 9 times the convolution. A ViT also spends `O(N R^2 D)` in attention '
+      '(no weights, the same for both flavours), which outgrows every statistic as R grows '
+      'when the width D is small.',
       '',
-      *markdown_table(sweep_rows, ('model', 'resolution', 'R')),
+      *markdown_table([r for r in sweep_rows if r['phase'] in CASE_PHASES],
+                      ('model', 'resolution', 'R')),
+      '',
+      '## Inverse and preconditioning (once per model)',
+      '',
+      'The same compiled program for both flavours and every case of a model (the factor shapes '
+      'depend on neither N nor R), timed on the factors of the model\'s first case: the ratios '
+      'show the noise level. `total` above contains both in every case.',
+      '',
+      *markdown_table([r for r in rows if r['phase'] not in CASE_PHASES],
+                      ('model', 'batch_size', 'R')),
       '',
   ]
   with open(path, 'w') as f:
     f.write('\n'.join(lines))
 
 
-def plain_log_axis(axis: Any, ticks: Sequence[float], which: str = 'x') -> None:
-  """A log axis labelled with plain numbers at `ticks` (the measured sizes)."""
-  scale_axis = axis.xaxis if which == 'x' else axis.yaxis
-  getattr(axis, f'set_{which}scale')('log')
-  scale_axis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(ticks))))
-  scale_axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}'))
-  scale_axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+def plain_log_x_axis(axis: Any, ticks: Sequence[float]) -> None:
+  """A log x axis labelled with plain numbers at `ticks` (the measured sizes)."""
+  axis.set_xscale('log')
+  axis.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(ticks))))
+  axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}'))
+  axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def write_plot(path: str, rows: List[Dict[str, Any]], batch_model: str) -> None:
@@ -434,7 +494,7 @@ def write_plot(path: str, rows: List[Dict[str, Any]], batch_model: str) -> None:
                      label=f'{flavour}, {phase}')
   time_axis.set(yscale='log', xlabel='batch size', ylabel='seconds (median)',
                 title=f'{batch_model}: one preconditioned update')
-  plain_log_axis(time_axis, [r['batch_size'] for r in batch_rows])
+  plain_log_x_axis(time_axis, [r['batch_size'] for r in batch_rows])
   time_axis.legend(fontsize=8)
 
   sweep_rows = [r for r in rows if 'R' in r['sweeps']]
@@ -448,7 +508,7 @@ def write_plot(path: str, rows: List[Dict[str, Any]], batch_model: str) -> None:
   ratio_axis.axhline(1.0, color='grey', linewidth=0.8)
   ratio_axis.set(xlabel='weight-sharing size R', ylabel='expand time / reduce time',
                  title=f'speed-up of reduce vs R (batch {sweep_rows[0]["batch_size"]})')
-  plain_log_axis(ratio_axis, [r['R'] for r in sweep_rows])
+  plain_log_x_axis(ratio_axis, [r['R'] for r in sweep_rows])
   ratio_axis.legend(fontsize=8)
 
   phase_rows = [r for r in batch_rows if r['phase'] == 'statistics']
@@ -458,7 +518,7 @@ def write_plot(path: str, rows: List[Dict[str, Any]], batch_model: str) -> None:
                      label=flavour)
   memory_axis.set(yscale='log', xlabel='batch size', ylabel='MiB (XLA peak)',
                   title=f'{batch_model}: peak memory of the statistics')
-  plain_log_axis(memory_axis, [r['batch_size'] for r in phase_rows])
+  plain_log_x_axis(memory_axis, [r['batch_size'] for r in phase_rows])
   memory_axis.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
@@ -495,32 +555,28 @@ def benchmark_cases(quick: bool) -> Tuple[List[Tuple[Case, List[str]]], str]:
   return list(cases.values()), wrn.name
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  if FLAGS.quick:
-    # Before the first computation initialises the backend: tiny programs compile 3x faster.
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                               + ' --xla_backend_optimization_level=0').strip()
+def run_benchmark() -> None:
+  """Times every case, writes the report, prints the JSON rows last."""
   repeats = QUICK_REPEATS if FLAGS.quick else FLAGS.repeats
   started = time.perf_counter()
   cases, batch_model = benchmark_cases(FLAGS.quick)
-  variables = {}
-  curvature_results = {}
+  models: Dict[str, Tuple[Any, Dict[str, Any], Any, CurvaturePrograms]] = {}
   rows = []
   for case, sweeps in cases:
     case_start = time.perf_counter()
     name = case.model.name
-    if name not in variables:
-      variables[name] = model_variables(case.model)
-    params, state = variables[name]
-    results, factors = time_case(case, params, state, repeats, FLAGS.fisher_type, FLAGS.damping)
-    if name not in curvature_results:
+    first_case = name not in models
+    if first_case:
+      params, state = model_variables(case.model)
       grads = random_gradients(params)
-      programs = curvature_programs(apply_function(case.model, state), params,
-                                    random_batch(case)[0], grads, FLAGS.fisher_type,
-                                    FLAGS.damping)
-      curvature_results[name] = time_curvature_phases(programs, factors, grads, repeats)
-    results.update(curvature_results[name])
+      models[name] = (params, state, grads, curvature_programs(
+          apply_function(case.model, state), params, random_batch(case)[0], grads,
+          FLAGS.fisher_type, FLAGS.damping))
+    params, state, grads, programs = models[name]
+    results, factors = time_case(case, params, state, grads, programs.initial_state, repeats,
+                                 FLAGS.fisher_type, FLAGS.damping)
+    if first_case:
+      results.update(time_curvature_phases(programs, factors, grads, repeats))
     case_rows = result_rows(case, sweeps, results)
     rows.extend(case_rows)
     summary = ', '.join(f'{r["phase"]} {r["expand_s"]:.3f}/{r["reduce_s"]:.3f}s' for r in case_rows)
@@ -537,6 +593,16 @@ def main(argv: Sequence[str]) -> None:
   print(json.dumps([{key: row[key] for key in ('model', 'batch_size', 'R', 'phase', 'expand_s',
                                                'reduce_s', 'expand_peak_mib', 'reduce_peak_mib')}
                     for row in rows]))
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  if FLAGS.quick:
+    # Before the first computation initialises the backend: tiny programs compile 3x faster.
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                               + ' --xla_backend_optimization_level=0').strip()
+  with threadpoolctl.threadpool_limits(limits=FLAGS.lapack_threads, user_api='blas'):
+    run_benchmark()
 
 
 if __name__ == '__main__':

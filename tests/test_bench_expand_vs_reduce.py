@@ -27,9 +27,15 @@ def test_quick_run_prints_json_rows_last(tmp_path):
     assert {'model', 'batch_size', 'R', 'phase', 'expand_s', 'reduce_s'} <= set(row)
     assert row['phase'] in PHASES
     assert row['expand_s'] > 0 and row['reduce_s'] > 0
+  # statistics and total for every case; inverse and precondition once per model.
   cases = {(row['model'], row['batch_size'], row['R']) for row in rows}
   for case in cases:
-    assert {row['phase'] for row in rows if (row['model'], row['batch_size'], row['R']) == case} == PHASES
-  assert len({row['model'] for row in rows}) == 2  # The WRN and the ViT.
+    phases = {row['phase'] for row in rows if (row['model'], row['batch_size'], row['R']) == case}
+    assert {'statistics', 'total'} <= phases
+  models = {row['model'] for row in rows}
+  assert len(models) == 2  # The WRN and the ViT.
+  for model in models:
+    for phase in ('inverse', 'precondition'):
+      assert sum(row['model'] == model and row['phase'] == phase for row in rows) == 1
   assert (tmp_path / 'expand_vs_reduce.md').read_text().startswith('# K-FAC-expand vs')
   assert (tmp_path / 'expand_vs_reduce.png').stat().st_size > 0
