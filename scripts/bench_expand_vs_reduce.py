@@ -84,6 +84,7 @@ from workloads.cifar_wrn import configs as wrn_configs  # noqa: E402
 from workloads.cifar_wrn.model import WideResNet  # noqa: E402
 from workloads.imagenet_vit import configs as vit_configs  # noqa: E402
 from workloads.imagenet_vit.model import ViT  # noqa: E402
+from benchmark.runner import cpu_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'Tiny models and sizes, 2 repeats, XLA backend optimisation '
@@ -355,17 +356,6 @@ def result_rows(case: Case, sweeps: Sequence[str],
         'expand_s': result.seconds['expand'], 'reduce_s': result.seconds['reduce'],
         'expand_peak_mib': result.peak_mib['expand'], 'reduce_peak_mib': result.peak_mib['reduce']})
   return rows
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def machine_lines(quick: bool) -> List[str]:

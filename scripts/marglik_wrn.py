@@ -50,6 +50,7 @@ from kfac import laplace  # noqa: E402
 import workloads  # noqa: E402
 from benchmark.spec import ForwardPassMode  # noqa: E402
 from workloads.cifar_wrn.workload import CifarWrnWorkload  # noqa: E402
+from benchmark.runner import cpu_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 # The goal: marglik steps with reduce at least this much faster than with expand, at
@@ -287,17 +288,6 @@ def train_flavour(workload: CifarWrnWorkload, flavour: str, settings: RunSetting
 
 def marglik_seconds(result: FlavourResult) -> float:
   return sum(r.seconds for r in result.margliks)
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def write_markdown(path: str, workload: CifarWrnWorkload, settings: RunSettings,
