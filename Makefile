@@ -9,6 +9,8 @@ EXPERIMENT_DIR ?= experiments
 WORKLOAD ?= ogbg_molpcba
 CONFIG ?= small
 PYTEST_ARGS ?=
+STUDY_TRIALS ?= 3
+STUDY_STUDIES ?= 3
 
 export PYTHONHASHSEED := 0
 export TF_CPP_MIN_LOG_LEVEL := 3
@@ -30,6 +32,10 @@ data: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python scripts/run_default.py --workload=$(WORKLOAD) --config=$(CONFIG) --experiment_dir=$(EXPERIMENT_DIR)
+
+# Equal-budget random-search studies (reference, K-FAC-expand, K-FAC-reduce) into experiments/study_<config>.
+study: $(STAMP)
+	$(BIN)/python scripts/run_study.py --workload=$(WORKLOAD) --config=$(CONFIG) --experiment_dir=$(EXPERIMENT_DIR) --num_tuning_trials=$(STUDY_TRIALS) --num_studies=$(STUDY_STUDIES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)

@@ -7,6 +7,12 @@ Pure functions over a `CurvatureState` NamedTuple. One step of `update_curvature
 2. when `step % inverse_update_every == 0`, the damped inverses are recomputed from the EMA;
 3. `step` advances.
 
+Warm start: on the first `warm_start_steps` steps both updates run on every step. Without it the
+inverses of step 0 serve until step `T_inv`; if the first statistics are degenerate (a
+zero-initialised classifier head makes every other layer's output-gradient factor `B` zero at
+step 0, so its damped inverse is `1 / damping` times the identity), the next `T_inv - 1` updates
+are the gradient scaled by `1 / damping`, which diverges for small damping.
+
 Both gates are `lax.cond`s on the traced step counter: the whole update jits, with no host
 synchronisation. Every array of the state has the configured dtype (float32 by default); the
 counters are int32.
@@ -61,6 +67,7 @@ class CurvatureConfig(NamedTuple):
     inverse_update_every: inverses are recomputed on steps `0, T_inv, 2 T_inv, ...`.
     dtype: dtype of every factor and inverse in the state.
     eigh_dtype: dtype `eigh` runs in (at least float32).
+    warm_start_steps: steps `0 .. warm_start_steps - 1` update factors and inverses every step.
   """
 
   layouts: Mapping[LayerPath, FactorLayout]
@@ -71,6 +78,7 @@ class CurvatureConfig(NamedTuple):
   inverse_update_every: int = 1
   dtype: Any = jnp.float32
   eigh_dtype: Any = jnp.float32
+  warm_start_steps: int = 0
 
 
 class CurvatureState(NamedTuple):
@@ -104,6 +112,8 @@ def validate_config(config: CurvatureConfig) -> None:
     value = getattr(config, name)
     if not (isinstance(value, int) and value >= 1):
       raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+  if not (isinstance(config.warm_start_steps, int) and config.warm_start_steps >= 0):
+    raise ValueError(f'warm_start_steps must be an integer >= 0, got {config.warm_start_steps!r}')
   for path, layout in config.layouts.items():
     for kind in (layout.kind_a, layout.kind_b):
       if kind not in inverses.FACTOR_KINDS:
@@ -198,17 +208,26 @@ def _count_true(flags: list) -> jax.Array:
   return jnp.sum(jnp.stack(flags).astype(jnp.int32)) if flags else jnp.zeros([], jnp.int32)
 
 
-def _when_due(every: int, step: jax.Array, update: Callable[[CurvatureState], CurvatureState],
+def is_due(step: int, every: int, warm_start_steps: int = 0) -> bool:
+  """Whether a periodic update runs on (Python) step `step`: a multiple of `every`, or warm start."""
+  return step % every == 0 or step < warm_start_steps
+
+
+def _when_due(every: int, warm_start_steps: int, step: jax.Array,
+              update: Callable[[CurvatureState], CurvatureState],
               state: CurvatureState) -> CurvatureState:
-  """`update(state)` on steps that are multiples of `every` (a `lax.cond`; direct for 1)."""
+  """`update(state)` on steps that are multiples of `every` or below `warm_start_steps` (a
+  `lax.cond`; direct for `every == 1`)."""
   if every == 1:
     return update(state)
-  return jax.lax.cond(step % every == 0, update, lambda unchanged: unchanged, state)
+  due = (step % every == 0) | (step < warm_start_steps)
+  return jax.lax.cond(due, update, lambda unchanged: unchanged, state)
 
 
 def update_curvature(state: CurvatureState, factors_fn: Callable[[], Mapping[LayerPath, Any]],
                      config: CurvatureConfig) -> CurvatureState:
-  """One curvature step: factors when due, then inverses when due, then `step + 1`.
+  """One curvature step: factors when due, then inverses when due, then `step + 1` (due: see
+  `is_due`).
 
   Args:
     state: the current state.
@@ -220,9 +239,9 @@ def update_curvature(state: CurvatureState, factors_fn: Callable[[], Mapping[Lay
     The new state.
   """
   step = state.step
-  state = _when_due(config.cov_update_every, step,
+  state = _when_due(config.cov_update_every, config.warm_start_steps, step,
                     lambda s: update_factors(s, factors_fn(), config), state)
-  state = _when_due(config.inverse_update_every, step,
+  state = _when_due(config.inverse_update_every, config.warm_start_steps, step,
                     lambda s: update_inverses(s, config), state)
   return state._replace(step=step + 1)
 

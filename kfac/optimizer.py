@@ -60,6 +60,9 @@ class PreconditionOptions(NamedTuple):
     ema_decay: decay of the factor EMA (the first updates are averaged, see `kfac.curvature`).
     cov_update_every: T_cov, statistics are computed on steps 0, T_cov, 2 T_cov, ...
     inverse_update_every: T_inv, inverses are recomputed on steps 0, T_inv, 2 T_inv, ...
+    warm_start_steps: statistics and inverses are also updated on every step below this (the
+      first inverses can be degenerate, e.g. behind a zero-initialised head; see
+      `kfac.curvature`). 0 turns the warm start off.
     num_samples: MC samples per example (`fisher_type='mc'`).
     flavour_overrides: `{fnmatch pattern on 'A/B/Dense_0': flavour}`, first match wins.
     graph_rows: `{pattern: 'nodes' | 'edges' | 'graphs'}` for ambiguous graph layers.
@@ -84,6 +87,7 @@ class PreconditionOptions(NamedTuple):
   ema_decay: float = 0.95
   cov_update_every: int = 1
   inverse_update_every: int = 10
+  warm_start_steps: int = 10
   num_samples: int = 1
   flavour_overrides: Optional[Mapping[str, str]] = None
   graph_rows: Optional[Mapping[str, str]] = None
@@ -222,7 +226,7 @@ def curvature_config(layouts: Mapping[capture.LayerPath, curvature.FactorLayout]
       layouts=layouts, damping=options.damping, damping_mode=options.damping_mode,
       ema_decay=options.ema_decay, cov_update_every=options.cov_update_every,
       inverse_update_every=options.inverse_update_every, dtype=options.state_dtype,
-      eigh_dtype=options.eigh_dtype)
+      eigh_dtype=options.eigh_dtype, warm_start_steps=options.warm_start_steps)
 
 
 # -- The curvature report --------------------------------------------------------------------

@@ -47,6 +47,7 @@ def test_sweep_of_two_submissions_on_tiny_and_report(tmp_path):
       'dropout_rate': {'feasible_points': [0.1]},
       'cov_update_every': {'feasible_points': [2]},
       'inverse_update_every': {'feasible_points': [4]},
+      'warm_start_steps': {'feasible_points': [3]},
   })
   nesterov_space = tuning.load_search_space('tuning_search_spaces/ogbg_molpcba/nesterov_sweep.json')
   settings = runner.ExperimentSettings(
@@ -60,7 +61,8 @@ def test_sweep_of_two_submissions_on_tiny_and_report(tmp_path):
     assert [s['global_steps'] for s in summaries] == [12, 12]
     assert len({json.dumps(s['hyperparameters'], sort_keys=True) for s in summaries}) == 2
   kfac_summary = summaries[0]
-  assert kfac_summary['steps_per_phase'] == {'statistics+inverse': 3, 'statistics': 3, 'plain': 6}
+  # Steps 0-2 (warm start), 4, 8: both; 6, 10: statistics; 3, 5, 7, 9, 11: neither.
+  assert kfac_summary['steps_per_phase'] == {'statistics+inverse': 5, 'statistics': 2, 'plain': 5}
   root = os.path.join(str(tmp_path), 'sweep')
   rows = json.loads(report.render(root, 'json'))
   assert [(r['workload'], r['submission'], r['trials']) for r in rows] == [

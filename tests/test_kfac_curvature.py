@@ -71,10 +71,13 @@ def test_state_dtype_is_float32():
     assert leaf.dtype == jnp.float32
 
 
-@pytest.mark.parametrize('cov_every,inv_every', [(2, 3), (3, 1), (1, 4)])
-def test_gating_under_jit(cov_every, inv_every):
-  cfg = config(cov_update_every=cov_every, inverse_update_every=inv_every, damping_mode='pi')
+@pytest.mark.parametrize('cov_every,inv_every,warm', [(2, 3, 0), (3, 1, 0), (1, 4, 0), (4, 5, 3)])
+def test_gating_under_jit(cov_every, inv_every, warm):
+  cfg = config(cov_update_every=cov_every, inverse_update_every=inv_every, damping_mode='pi',
+               warm_start_steps=warm)
   sequence = factor_sequence(8)
+  cov_steps = {t for t in range(8) if t < warm or t % cov_every == 0}
+  inv_steps = {t for t in range(8) if t < warm or t % inv_every == 0}
 
   @jax.jit
   def step(state, factors):
@@ -86,9 +89,9 @@ def test_gating_under_jit(cov_every, inv_every):
   for t, factors in enumerate(sequence):
     new = step(state, factors)
     factor_changed = not np.allclose(new.factors[LAYER_1][0], state.factors[LAYER_1][0])
-    assert factor_changed == (t % cov_every == 0), t
+    assert factor_changed == (t in cov_steps), t
     inverse_changed = False
-    if t % inv_every == 0:
+    if t in inv_steps:
       inverse_changed = (inverse_source is None
                          or not np.allclose(new.factors[LAYER_1][0], inverse_source[0]))
       inverse_source = new.factors[LAYER_1]
@@ -98,7 +101,7 @@ def test_gating_under_jit(cov_every, inv_every):
     np.testing.assert_allclose(new.inverses[LAYER_1].a, expected.a, rtol=1e-5, atol=1e-6)
     assert int(new.step) == t + 1
     state = new
-  assert int(state.factor_counts[LAYER_1]) == len(range(0, 8, cov_every))
+  assert int(state.factor_counts[LAYER_1]) == len(cov_steps)
 
 
 def test_factors_fn_is_not_called_on_skipped_steps():
@@ -174,7 +177,7 @@ def test_precondition_layers_matches_dense_solve():
 
 @pytest.mark.parametrize('bad', [dict(damping=0.0), dict(damping_mode='tikhonov'),
                                  dict(ema_decay=1.0), dict(cov_update_every=0),
-                                 dict(inverse_update_every=1.5)])
+                                 dict(inverse_update_every=1.5), dict(warm_start_steps=-1)])
 def test_bad_config_is_rejected(bad):
   with pytest.raises(ValueError):
     curvature.init_curvature_state(config(**bad))

@@ -1,0 +1,107 @@
+"""The two packaged jobs: `make run` (tuned points, one study) and `make study` (equal-budget
+random-search sweeps, several studies), for any workload, into one experiment folder.
+
+A job is a list of `(submission name, search-space file)` per workload; each submission module is
+`submissions/<workload>/<name>.py`. `run_job` trains them one after the other through
+`runner.run_experiment` (so a rerun resumes at trial granularity) and writes the full report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from benchmark import report, runner, spec, tuning
+from benchmark.spec import BenchmarkError, Workload
+import workloads
+
+SEARCH_SPACE_DIR = 'tuning_search_spaces'
+SUBMISSION_DIR = 'submissions'
+
+# The submissions every job trains, in order: the reference first (ratios are to it).
+JOB_SUBMISSIONS: Dict[str, Tuple[str, ...]] = {
+    'ogbg_molpcba': ('nesterov', 'kfac_expand', 'kfac_reduce'),
+    'imagenet_vit': ('nesterov', 'kfac_expand', 'kfac_reduce'),
+    'cifar_wrn': ('nesterov', 'kfac_expand', 'kfac_reduce'),
+}
+
+
+def job_submissions(workload_name: str) -> Tuple[str, ...]:
+  if workload_name not in JOB_SUBMISSIONS:
+    raise BenchmarkError(f'no job submissions for workload {workload_name!r}; choose one of '
+                         f'{", ".join(sorted(JOB_SUBMISSIONS))}')
+  return JOB_SUBMISSIONS[workload_name]
+
+
+def _first_existing(candidates: Sequence[str]) -> str:
+  for path in candidates:
+    if os.path.isfile(path):
+      return path
+  raise BenchmarkError(f'no search space file: tried {", ".join(candidates)}')
+
+
+def tuned_space_path(workload_name: str, submission_name: str) -> str:
+  """`make run`'s fixed point: `<name>_tuned.json` when it exists, else `<name>.json`."""
+  folder = os.path.join(SEARCH_SPACE_DIR, workload_name)
+  return _first_existing([os.path.join(folder, f'{submission_name}_tuned.json'),
+                          os.path.join(folder, f'{submission_name}.json')])
+
+
+def sweep_space_path(workload_name: str, submission_name: str) -> str:
+  """The study's search space: `<name>_sweep.json` when it exists (a reference whose
+  `<name>.json` is a fixed published point), else `<name>.json`."""
+  folder = os.path.join(SEARCH_SPACE_DIR, workload_name)
+  return _first_existing([os.path.join(folder, f'{submission_name}_sweep.json'),
+                          os.path.join(folder, f'{submission_name}.json')])
+
+
+def run_job(workload: Workload, plan: Sequence[Tuple[str, str]], settings: runner.ExperimentSettings,
+            log: Callable[[str], None] = print, submission_dir: Optional[str] = None) -> str:
+  """Train every `(submission name, search-space path)` of `plan` on `workload` into the
+  experiment `settings` names, then write its report; returns the experiment folder."""
+  folder = submission_dir or os.path.join(SUBMISSION_DIR, workload.workload_name)
+  loaded = [(name, spec.load_submission(os.path.join(folder, f'{name}.py')),
+             tuning.load_search_space(space)) for name, space in plan]  # Fail before training.
+  for name, submission, space in loaded:
+    runner.run_experiment(workload, submission, name, space, settings, log=log)
+  return os.path.join(settings.experiment_dir, settings.experiment_name)
+
+
+def finish_report(root: str, log: Callable[[str], None] = print) -> List[str]:
+  """Print the leaderboard of the experiment `root`, write its report, print the HTML path."""
+  log('')
+  log(report.render(root, 'leaderboard'))
+  paths = report.write_report(root, os.path.join(root, 'report'))
+  html = next(p for p in paths if p.endswith('.html'))
+  log(f'\nresults: {root}\nreport: {html}')
+  return paths
+
+
+def load_workload(workload_name: str, config_name: str, log: Callable[[str], None] = print
+                  ) -> Workload:
+  """The workload, with its embedded data built when it uses it, and its data checked."""
+  workload = workloads.get_workload(workload_name, config_name)
+  build = getattr(type(workload), 'build_embedded_data', None)
+  if build is not None and workload.data_source == 'embedded':
+    log(f'embedded data: {build()}')
+  workload.check_data_available()
+  return workload
+
+
+def log_line(message: str) -> None:
+  print(message, flush=True)
+
+
+def run_main(label: str, job: Callable[[], str]) -> int:
+  """Run `job() -> experiment folder`, then its report; a `BenchmarkError` is one line on
+  stderr and exit status 2."""
+  started = time.perf_counter()
+  try:
+    finish_report(job(), log=log_line)
+  except BenchmarkError as e:
+    print(f'{label}: error: {e}', file=sys.stderr)
+    return 2
+  print(f'{label} took {time.perf_counter() - started:.0f} s')
+  return 0

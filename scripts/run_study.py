@@ -1,0 +1,59 @@
+"""`make study`: equal-budget random-search studies of the reference, K-FAC-expand and
+K-FAC-reduce on one workload (default: its small config), then the leaderboard and report.
+
+Every submission gets the same number of Halton trials per study (`--num_tuning_trials`) and
+the same number of studies (`--num_studies`, seeds `rng_seed + s`), the same step cap and the
+same evaluation schedule; the search space is `<submission>_sweep.json` when it exists, else
+`<submission>.json` (`benchmark.jobs.sweep_space_path`). Trials stop at the target.
+All workloads write into one experiment (`--experiment_name`, default `study_<config>`), so
+`kfac-bench report experiments/study_small` gives one leaderboard and one performance profile
+over them. A rerun resumes: finished trials are skipped.
+
+  make study WORKLOAD=ogbg_molpcba            # or imagenet_vit, cifar_wrn
+  make study WORKLOAD=cifar_wrn STUDY_TRIALS=2 STUDY_STUDIES=3
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from benchmark import jobs, runner
+
+# The step cap of every trial of a study: half the small configs' step_hint (ogbg 3,000, the
+# image workloads 1,000), 1.2-2x the tuned references' measured steps to target.
+STUDY_MAX_STEPS = {'ogbg_molpcba': 1500, 'imagenet_vit': 500, 'cifar_wrn': 500}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workload', 'ogbg_molpcba', 'Workload to study.')
+flags.DEFINE_string('config', 'small', 'Workload config.')
+flags.DEFINE_string('experiment_dir', 'experiments', 'Root folder of experiments.')
+flags.DEFINE_string('experiment_name', None, 'Experiment folder (default: study_<config>).')
+flags.DEFINE_list('submissions', None, 'Submissions to study (default: the workload\'s job).')
+flags.DEFINE_integer('num_tuning_trials', 3, 'Trials per study, the same for every submission.')
+flags.DEFINE_integer('num_studies', 3, 'Studies (seeds) per submission.')
+flags.DEFINE_integer('max_global_steps', None, 'Step cap of every trial (default: per workload).')
+flags.DEFINE_integer('rng_seed', 0, 'Seed of the trial draws and training.')
+
+
+def job() -> str:
+  workload = jobs.load_workload(FLAGS.workload, FLAGS.config, log=jobs.log_line)
+  names = FLAGS.submissions or jobs.job_submissions(FLAGS.workload)
+  plan = [(name, jobs.sweep_space_path(FLAGS.workload, name)) for name in names]
+  max_steps = FLAGS.max_global_steps or min(
+      workload.step_hint, STUDY_MAX_STEPS.get(FLAGS.workload, workload.step_hint))
+  settings = runner.ExperimentSettings(
+      experiment_dir=FLAGS.experiment_dir,
+      experiment_name=FLAGS.experiment_name or f'study_{FLAGS.config}',
+      num_tuning_trials=FLAGS.num_tuning_trials, num_studies=FLAGS.num_studies,
+      rng_seed=FLAGS.rng_seed,
+      trial=runner.TrialSettings(rng_seed=FLAGS.rng_seed, max_global_steps=max_steps))
+  return jobs.run_job(workload, plan, settings, log=jobs.log_line)
+
+
+def main(argv) -> int:
+  del argv
+  return jobs.run_main('make study', job)
+
+
+if __name__ == '__main__':
+  app.run(main)

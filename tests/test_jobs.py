@@ -1,0 +1,45 @@
+"""The packaged jobs (`make run`, `make study`): their search spaces and submissions resolve and
+load for every workload, and bad input is one clear line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmark import jobs, spec, tuning
+from benchmark.spec import BenchmarkError
+
+
+@pytest.mark.parametrize('workload', sorted(jobs.JOB_SUBMISSIONS))
+def test_every_job_submission_and_space_loads(workload):
+  assert jobs.job_submissions(workload)[0] == 'nesterov'  # Ratios are to the first.
+  for name in jobs.job_submissions(workload):
+    module = spec.load_submission(os.path.join('submissions', workload, f'{name}.py'))
+    assert callable(module.update_params)
+    for path in (jobs.tuned_space_path(workload, name), jobs.sweep_space_path(workload, name)):
+      points = tuning.generate_trials(tuning.load_search_space(path), 2, seed=0)
+      assert len(points) == 2 and all('learning_rate' in p for p in points)
+
+
+def test_space_resolution_prefers_tuned_and_sweep_files():
+  folder = os.path.join('tuning_search_spaces', 'ogbg_molpcba')
+  assert jobs.tuned_space_path('ogbg_molpcba', 'nesterov') == os.path.join(folder, 'nesterov_tuned.json')
+  assert jobs.sweep_space_path('ogbg_molpcba', 'nesterov') == os.path.join(folder, 'nesterov_sweep.json')
+  assert jobs.sweep_space_path('ogbg_molpcba', 'kfac_reduce') == os.path.join(folder, 'kfac_reduce.json')
+  with pytest.raises(BenchmarkError, match='no search space file'):
+    jobs.sweep_space_path('ogbg_molpcba', 'adam')
+  with pytest.raises(BenchmarkError, match='no job submissions'):
+    jobs.job_submissions('mnist')
+
+
+@pytest.mark.parametrize('script,args,message', [
+    ('scripts/run_study.py', ['--workload=mnist'], "make study: error: unknown workload 'mnist'"),
+    ('scripts/run_default.py', ['--workload=cifar_wrn', '--config=huge'],
+     "make run: error: unknown config 'huge'"),
+])
+def test_job_scripts_report_bad_input_in_one_line(script, args, message):
+  done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 2
+  assert message in done.stderr and 'Traceback' not in done.stderr
