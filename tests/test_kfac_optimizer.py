@@ -226,3 +226,49 @@ def test_kfac_optimizer_trains_at_least_as_fast_as_nesterov():
   assert all(np.all(np.isfinite(run)) for run in kfac_losses.values())
   assert kfac_final < 0.8 * initial
   assert kfac_final <= 1.05 * sgd_final
+
+
+class ZeroHeadMLP(nn.Module):
+  """Dense -> tanh -> Dense with a zero-initialised head (as the ViT's): at init every gradient
+  below the head is zero, so the hidden layer's output-gradient factor B is zero."""
+
+  @nn.compact
+  def __call__(self, x):  # x [N, D]
+    hidden = jnp.tanh(nn.Dense(8)(x))  # Dense_0
+    return nn.Dense(NUM_CLASSES, kernel_init=nn.initializers.zeros)(hidden)  # Dense_1
+
+
+@pytest.mark.parametrize('warm_start_steps', [0, 2])
+def test_warm_start_replaces_the_degenerate_first_inverse(warm_start_steps):
+  model = ZeroHeadMLP()
+  x, y = batch()
+  x = x.reshape(len(x), -1)
+  params_0 = init(model, x)
+  head = params_0['params']['Dense_1']
+  params_1 = {'params': dict(params_0['params'], Dense_1=dict(
+      head, kernel=jnp.asarray(np.random.default_rng(3).standard_normal(head['kernel'].shape),
+                               jnp.float32)))}
+  damping = 0.01
+  transform = kfac.precondition(model.apply, loss='softmax_cross_entropy', sample_inputs=x,
+                                fisher_type='type2', damping=damping, cov_update_every=10,
+                                inverse_update_every=10, warm_start_steps=warm_start_steps)
+  update = jax.jit(lambda g, s, p: transform.update(g, s, p, inputs=x, targets=y))
+  state = transform.init(params_0)
+  _, state = update(loss_gradients(model.apply, params_0, x, y), state, params_0)
+  grads = loss_gradients(model.apply, params_1, x, y)
+  updates, _ = update(grads, state, params_1)
+
+  factors = jax.jit(functools.partial(kfac.compute_factors, model.apply,
+                                      loss='softmax_cross_entropy', flavour='reduce',
+                                      fisher_type='type2'))
+  (a_0, b_0), (a_1, b_1) = factors(params_0, x, y)[('Dense_0',)], factors(params_1, x, y)[('Dense_0',)]
+  np.testing.assert_array_equal(b_0, np.zeros_like(b_0))  # The degenerate step-0 factor.
+  kernel, bias = grads['params']['Dense_0']['kernel'], grads['params']['Dense_0']['bias']
+  grad_matrix = jnp.concatenate([kernel, bias[None]], axis=0)
+  got = jnp.concatenate([updates['params']['Dense_0']['kernel'],
+                         updates['params']['Dense_0']['bias'][None]], axis=0)
+  if warm_start_steps == 0:  # Step 0's inverse, (A_0 kron 0 + d I)^-1 = I / d, still serves.
+    want = grad_matrix / damping
+  else:  # Step 1 refreshes from the EMA: the mean of the two steps' factors.
+    want = dense_preconditioned((a_0 + a_1) / 2, (b_0 + b_1) / 2, grad_matrix, damping, 'exact')
+  np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5 * float(jnp.abs(want).max()))
