@@ -15,7 +15,9 @@ LOWER_SMALL_TARGET = 0.30
 
 
 def _with_target(workload, target: float):
-  workload.config.validation_target = target
+  key = 'validation_target' if 'validation_target' in workload.config else 'validation_target_value'
+  workload.config[key] = target
+  assert workload.validation_target_value == target
   return workload
 
 
@@ -32,6 +34,34 @@ def test_nesterov_trains_ogbg_small_to_a_lower_target(tmp_path):
   assert 100 < result['steps_to_target'] <= 800
   assert result['final_validation_metric'] >= LOWER_SMALL_TARGET
   assert result['final_metrics']['train/loss'] < 0.25  # below the base-rate plateau (0.258)
+
+
+# Image workloads, small configs on the embedded digits, lower targets. Measured (seed 0, 2 CPU
+# cores): K-FAC-reduce (lr 0.1, damping 1e-3, update norm clipped at 1) takes the small ViT to
+# validation accuracy 0.44 at step 40, where Nesterov is still on its plateau (0.18); Nesterov
+# (lr 0.1, L2 5e-4) takes WRN-10-1 to 0.34 / 0.57 / 0.67 at steps 40 / 50 / 60.
+IMAGE_POINT = {'one_minus_beta1': 0.1, 'warmup_factor': 0.05, 'decay_steps_factor': 0.9,
+               'end_factor': 0.001, 'label_smoothing': 0.0, 'dropout_rate': 0.0}
+IMAGE_CASES = {
+    'imagenet_vit': ('kfac_reduce', dict(learning_rate=0.1, damping=1e-3, clip_update_norm=1.0,
+                                         weight_decay=1e-4, cov_update_every=10,
+                                         inverse_update_every=10), 0.35),
+    'cifar_wrn': ('nesterov', dict(learning_rate=0.1, weight_decay=5e-4), 0.5),
+}
+
+
+@pytest.mark.parametrize('workload_name', sorted(IMAGE_CASES))
+def test_image_workload_trains_small_to_a_lower_target(tmp_path, workload_name):
+  submission_name, point, target = IMAGE_CASES[workload_name]
+  workload = _with_target(workloads.get_workload(workload_name, 'small'), target)
+  submission = spec.load_submission(f'submissions/{workload_name}/{submission_name}.py')
+  settings = runner.TrialSettings(rng_seed=0, max_global_steps=80, eval_every_steps=10,
+                                  max_runtime_sec=3600)
+  result = runner.run_trial(workload, submission, dict(IMAGE_POINT, **point), str(tmp_path),
+                            settings, log=lambda m: None)
+  assert result['status'] == runner.STATUS_TARGET_REACHED, result
+  assert 10 < result['steps_to_target'] <= 80
+  assert result['final_validation_metric'] >= target
 
 
 def test_sweep_of_two_submissions_on_tiny_and_report(tmp_path):

@@ -22,12 +22,16 @@ CIFAR10_NUM_VALIDATION = 5_000
 
 DIGITS_SPLIT_SIZES = image_data.split_sizes(image_data.NUM_EXAMPLES)
 
-# PROVISIONAL: the lead replaces these with values from measured Nesterov reference runs on the
-# embedded digits (DESIGN section 4); nothing else in this file is provisional.
-PROVISIONAL_SMALL_VALIDATION_TARGET = 0.97
-PROVISIONAL_SMALL_TEST_TARGET = 0.97
-PROVISIONAL_TINY_VALIDATION_TARGET = 0.5
-PROVISIONAL_TINY_TEST_TARGET = 0.5
+# Small target, from measured Nesterov runs (momentum 0.9, batch 64): lr 0.1, L2 5e-4 with 25
+# warmup steps and a cosine decay over 500 reached validation accuracy 0.94 / 0.98 at steps
+# 100 / 150; the equal-budget study (docs/results_image_small.md) measures it over 3 studies.
+# 0.97 is past the fast rise and below the ~0.98-0.99 plateau. The validation split has 180
+# images (1 / 180 = 0.0056).
+SMALL_VALIDATION_TARGET = 0.97
+SMALL_TEST_TARGET = 0.97
+# Tiny (tests only): well above chance (0.1).
+TINY_VALIDATION_TARGET = 0.5
+TINY_TEST_TARGET = 0.5
 
 # Small budgets. Measured: Nesterov SGD (momentum 0.9, L2 5e-4, lr 0.1 with 25 warmup steps
 # and a cosine decay over 500, batch 64) takes WRN-10-1 to 0.94 / 0.98 validation accuracy at
@@ -98,15 +102,15 @@ def get_config(config_name: str) -> ml_collections.ConfigDict:
   if config_name == 'small':
     return _embedded(
         depth=10, widen_factor=1, batch_size=64, eval_batch_size=256,
-        validation_target=PROVISIONAL_SMALL_VALIDATION_TARGET,
-        test_target=PROVISIONAL_SMALL_TEST_TARGET,
+        validation_target=SMALL_VALIDATION_TARGET,
+        test_target=SMALL_TEST_TARGET,
         step_hint=SMALL_STEP_HINT, max_allowed_runtime_sec=SMALL_MAX_RUNTIME_SEC,
         eval_period_time_sec=60, eval_period_steps=50)
   if config_name == 'tiny':
     return _embedded(
         depth=10, widen_factor=1, batch_size=16, eval_batch_size=64,
-        validation_target=PROVISIONAL_TINY_VALIDATION_TARGET,
-        test_target=PROVISIONAL_TINY_TEST_TARGET,
+        validation_target=TINY_VALIDATION_TARGET,
+        test_target=TINY_TEST_TARGET,
         step_hint=200, max_allowed_runtime_sec=120, eval_period_time_sec=10,
         eval_period_steps=20)
   raise BenchmarkError(f'unknown cifar_wrn config {config_name!r}; choose full, small or tiny')

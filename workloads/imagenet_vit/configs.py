@@ -19,12 +19,16 @@ IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 DIGITS_SPLIT_SIZES = image_data.split_sizes(image_data.NUM_EXAMPLES)
 
-# PROVISIONAL: the lead replaces these with values from measured Nesterov reference runs on the
-# embedded digits (DESIGN section 4); nothing else in this file is provisional.
-PROVISIONAL_SMALL_VALIDATION_TARGET = 0.95
-PROVISIONAL_SMALL_TEST_TARGET = 0.95
-PROVISIONAL_TINY_VALIDATION_TARGET = 0.5
-PROVISIONAL_TINY_TEST_TARGET = 0.5
+# Small target, from a measured Nesterov run (lr 0.095, L2 2.2e-4, momentum 0.9, the reference
+# schedule over step_hint 1,000, batch 64): validation accuracy 0.19 / 0.44 / 0.84 / 0.878 / 0.928 /
+# 0.933 / 0.944 at steps 100 / 150 / 200 / 250 / 300 / 350 / 400 (a plateau near chance for the first
+# ~120 steps, then a fast rise). 0.92 is past the plateau and the fast rise, reached near step
+# 300; 0.95 was not reached by step 400. The validation split has 180 images (1 / 180 = 0.0056).
+SMALL_VALIDATION_TARGET = 0.92
+SMALL_TEST_TARGET = 0.92
+# Tiny (tests only): well above chance (0.1).
+TINY_VALIDATION_TARGET = 0.5
+TINY_TEST_TARGET = 0.5
 
 # Small budgets. Measured: Nesterov SGD (momentum 0.9, L2 5e-4, lr 0.1 with 20 warmup steps
 # and a cosine decay over 400, batch 64) takes the small ViT to 0.93 / 0.96 / 0.967 validation
@@ -104,16 +108,16 @@ def get_config(config_name: str) -> ml_collections.ConfigDict:
     return _embedded(
         model=dict(patch_size=4, width=64, depth=4, mlp_dim=256, num_heads=4),
         batch_size=64, eval_batch_size=256,
-        validation_target=PROVISIONAL_SMALL_VALIDATION_TARGET,
-        test_target=PROVISIONAL_SMALL_TEST_TARGET,
+        validation_target=SMALL_VALIDATION_TARGET,
+        test_target=SMALL_TEST_TARGET,
         step_hint=SMALL_STEP_HINT, max_allowed_runtime_sec=SMALL_MAX_RUNTIME_SEC,
         eval_period_time_sec=60, eval_period_steps=50)
   if config_name == 'tiny':
     return _embedded(
         model=dict(patch_size=8, width=32, depth=1, mlp_dim=128, num_heads=2),
         batch_size=32, eval_batch_size=64,
-        validation_target=PROVISIONAL_TINY_VALIDATION_TARGET,
-        test_target=PROVISIONAL_TINY_TEST_TARGET,
+        validation_target=TINY_VALIDATION_TARGET,
+        test_target=TINY_TEST_TARGET,
         step_hint=200, max_allowed_runtime_sec=120, eval_period_time_sec=10,
         eval_period_steps=20)
   raise BenchmarkError(f'unknown imagenet_vit config {config_name!r}; choose full, small or tiny')
