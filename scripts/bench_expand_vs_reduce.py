@@ -56,11 +56,9 @@ in under a minute: it checks that everything runs, its times are not the benchma
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import functools
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -84,7 +82,7 @@ from workloads.cifar_wrn import configs as wrn_configs  # noqa: E402
 from workloads.cifar_wrn.model import WideResNet  # noqa: E402
 from workloads.imagenet_vit import configs as vit_configs  # noqa: E402
 from workloads.imagenet_vit.model import ViT  # noqa: E402
-from benchmark.runner import cpu_model  # noqa: E402
+from benchmark import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'Tiny models and sizes, 2 repeats, XLA backend optimisation '
@@ -108,7 +106,6 @@ PHASES = ('statistics', 'inverse', 'precondition', 'total')
 CASE_PHASES = ('statistics', 'total')  # Timed for every case; the others once per model.
 LOSS = 'softmax_cross_entropy'
 NUM_CLASSES = 10
-MIB = 2.0**20
 # --quick: the tiny configs' models at these sizes, four cases (compilation dominates their run
 # time); the WRN's R sweep is its one batch-sweep case there.
 QUICK_BATCH_SIZES = (2, 4)
@@ -195,16 +192,6 @@ def random_batch(case: Case) -> Tuple[jax.Array, jax.Array]:
 # -- Timing ------------------------------------------------------------------------------------
 
 
-def peak_mib(compiled: Any) -> float:
-  """XLA's peak of a compiled program: arguments + outputs + temporaries - aliased, in MiB."""
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return float('nan')
-  total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-           + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-  return total / MIB
-
-
 def time_phase(programs: Dict[str, Tuple[Any, Sequence[Any]]], repeats: int) -> PhaseResult:
   """Median wall-clock of compiled programs, one per flavour, interleaved.
 
@@ -220,8 +207,9 @@ def time_phase(programs: Dict[str, Tuple[Any, Sequence[Any]]], repeats: int) -> 
       start = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times[flavour].append(time.perf_counter() - start)
-  return PhaseResult(seconds={f: statistics.median(t) for f, t in times.items()},
-                     peak_mib={f: peak_mib(compiled) for f, (compiled, _) in programs.items()})
+  return PhaseResult(
+      seconds={f: statistics.median(t) for f, t in times.items()},
+      peak_mib={f: machine.peak_mib(compiled) for f, (compiled, _) in programs.items()})
 
 
 def compile_programs(functions: Dict[str, Tuple[Callable[..., Any], Tuple[Any, ...]]]
@@ -359,16 +347,7 @@ def result_rows(case: Case, sweeps: Sequence[str],
 
 
 def machine_lines(quick: bool) -> List[str]:
-  device = jax.devices()[0]
-  load = ', '.join(f'{value:.1f}' for value in os.getloadavg())
-  lines = [
-      f'- CPU: {cpu_model()}, {os.cpu_count()} cores; load average at the end: {load} '
-      '(a shared machine: compare the ratios, not absolute times across runs)',
-      f'- Device: {device.platform} ({device.device_kind})'
-      + ('' if device.platform == 'cpu' else ', the accelerator the programs ran on'),
-      f'- JAX {jax.__version__}, Python {platform.python_version()}',
-      f'- Date: {datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}',
-  ]
+  lines = machine.machine_lines()
   if quick:
     lines.append('- **--quick**: tiny models, XLA backend optimisation off: a smoke run, '
                  'not the benchmark')

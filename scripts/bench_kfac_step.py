@@ -30,14 +30,11 @@ import os
 # unless the caller chose otherwise; set before numpy and jax load OpenBLAS.
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-import datetime
-import platform
 import statistics
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from absl import app, flags
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,7 +42,7 @@ import numpy as np
 import optax
 
 import kfac
-from benchmark.runner import cpu_model
+from benchmark.machine import machine_lines
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'Short run: 3 timed repeats instead of --repeats.')
@@ -161,28 +158,11 @@ def transformer_case(rng: np.random.Generator) -> Case:
               classification_batch(rng, inputs), 'softmax_cross_entropy')
 
 
-def synthetic_molecules(rng: np.random.Generator, count: int,
-                        num_tasks: int) -> List[Dict[str, np.ndarray]]:
-  """Random molecules in the tfds `ogbg_molpcba` example format (about 16 atoms, 17 bonds)."""
-  examples = []
-  for _ in range(count):
-    num_nodes = int(rng.integers(8, 25))
-    chain = np.stack([np.arange(num_nodes - 1), np.arange(1, num_nodes)], axis=1)
-    ring = rng.integers(0, num_nodes, (2, 2))
-    edge_index = np.concatenate([chain, ring]).astype(np.int64)
-    labels = (rng.random(num_tasks) < 0.3).astype(np.float32)
-    labels[rng.random(num_tasks) < 0.2] = np.nan
-    examples.append({'num_nodes': np.array([num_nodes]),
-                     'node_feat': rng.integers(0, 5, (num_nodes, 9)).astype(np.float32),
-                     'edge_feat': rng.integers(0, 3, (len(edge_index), 3)).astype(np.float32),
-                     'edge_index': edge_index, 'labels': labels})
-  return examples
-
-
 def ogbg_case(rng: np.random.Generator) -> Optional[Case]:
   """The `small` ogbg GraphNetwork on one synthetic batch padded like the embedded data."""
   try:
     from workloads.ogbg_molpcba import configs, input_pipeline, model as ogbg_model
+    from workloads.ogbg_molpcba.synthetic_data import synthetic_molecules
   except ImportError as error:
     print(f'ogbg skipped: {error}')
     return None
@@ -303,16 +283,6 @@ def time_case(case: Case, all_variants: List[Variant], steps_per_repeat: int, re
   return times
 
 
-def machine_description() -> List[str]:
-  load = ', '.join(f'{value:.1f}' for value in os.getloadavg())
-  device = jax.devices()[0]
-  return [f'- CPU: {cpu_model()}, {os.cpu_count()} cores visible, load average at the end {load}',
-          f'- JAX {jax.__version__} on {device.platform} ({device.device_kind}), '
-          f'flax {flax.__version__}, optax {optax.__version__}; '
-          f'Python {platform.python_version()}',
-          f'- Date: {datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}']
-
-
 def case_table(case: Case, results: Dict[str, List[float]]) -> List[str]:
   nesterov = statistics.median(results['Nesterov'])
   lines = [f'### {case.name}', '', case.description, '',
@@ -356,7 +326,7 @@ def main(argv) -> None:
            'variants taking turns, after compilation and a warm-up repeat. LAPACK (eigh) runs '
            f'with OPENBLAS_NUM_THREADS={os.environ["OPENBLAS_NUM_THREADS"]}. K-FAC: MC Fisher '
            f'(1 sample), exact damping '
-           f'{DAMPING}, EMA 0.95.', '', *machine_description(), '']
+           f'{DAMPING}, EMA 0.95.', '', *machine_lines(), '']
   for case, results in zip(cases, all_results):
     lines += case_table(case, results)
   lines += goal_lines(cases, all_results, inverse_every)

@@ -27,10 +27,8 @@ for both flavours); `--config=full` trains WRN-16-4 on CIFAR-10 from tensorflow-
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
-import platform
 import time
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
@@ -50,7 +48,7 @@ from kfac import laplace  # noqa: E402
 import workloads  # noqa: E402
 from benchmark.spec import ForwardPassMode  # noqa: E402
 from workloads.cifar_wrn.workload import CifarWrnWorkload  # noqa: E402
-from benchmark.runner import cpu_model  # noqa: E402
+from benchmark import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
 # The issue's goal: marglik steps with reduce at least this much faster than with expand, at
@@ -292,8 +290,6 @@ def marglik_seconds(result: FlavourResult) -> float:
 
 def write_markdown(path: str, workload: CifarWrnWorkload, settings: RunSettings,
                    results: List[FlavourResult]) -> None:
-  device = jax.devices()[0]
-  load = ', '.join(f'{value:.1f}' for value in os.getloadavg())
   model = workload.config.model
   lines = [
       '# Marginal-likelihood selection of prior precisions: K-FAC-expand vs K-FAC-reduce',
@@ -310,11 +306,7 @@ def write_markdown(path: str, workload: CifarWrnWorkload, settings: RunSettings,
       f'precision fixed at {FLAGS.rest_prior_precision}. Same seed ({FLAGS.seed}), '
       'initialisation and data order for both flavours.',
       '',
-      f'- CPU: {cpu_model()}, {os.cpu_count()} cores; load average at the end: {load} '
-      '(shared machine)',
-      f'- Device: {device.platform} ({device.device_kind}); JAX {jax.__version__}, '
-      f'Python {platform.python_version()}',
-      f'- Date: {datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}',
+      *machine.machine_lines(),
       '',
       '| flavour | test accuracy | test NLL | final log marglik / N | marglik steps | '
       'marglik wall-clock s | of which statistics s | eigh s | hyper steps s | training s '
