@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # jaxlib's CPU eigh uses scipy's OpenBLAS; multi-threaded it spin-waits against XLA (see benchmark/__init__.py).
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: run test test-slow bench venv data clean study
+.PHONY: run test test-slow bench bench-full venv data clean study
 
 venv: $(STAMP)
 
@@ -46,6 +46,10 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_kfac_step.py
 	$(BIN)/python scripts/bench_expand_vs_reduce.py
+
+# One training step of the full configs (ViT-S/16, WRN-16-4, ogbg GNN); full batch sizes on a GPU.
+bench-full: $(STAMP)
+	$(BIN)/python scripts/bench_full_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
