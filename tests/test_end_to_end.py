@@ -15,8 +15,7 @@ LOWER_SMALL_TARGET = 0.30
 
 
 def _with_target(workload, target: float):
-  key = 'validation_target' if 'validation_target' in workload.config else 'validation_target_value'
-  workload.config[key] = target
+  workload.config.validation_target_value = target
   assert workload.validation_target_value == target
   return workload
 

@@ -177,11 +177,11 @@ class OgbgMolpcbaWorkload(spec.Workload):
 
   @property
   def validation_target_value(self) -> float:
-    return self.config.validation_target
+    return self.config.validation_target_value
 
   @property
   def test_target_value(self) -> float:
-    return self.config.test_target
+    return self.config.test_target_value
 
   @property
   def loss_type(self) -> spec.LossType:
