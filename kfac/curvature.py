@@ -208,9 +208,10 @@ def _count_true(flags: list) -> jax.Array:
   return jnp.sum(jnp.stack(flags).astype(jnp.int32)) if flags else jnp.zeros([], jnp.int32)
 
 
-def is_due(step: int, every: int, warm_start_steps: int = 0) -> bool:
-  """Whether a periodic update runs on (Python) step `step`: a multiple of `every`, or warm start."""
-  return step % every == 0 or step < warm_start_steps
+def is_due(step: Any, every: int, warm_start_steps: int = 0) -> Any:
+  """Whether a periodic update runs on step `step`: a multiple of `every`, or a warm-start step.
+  A Python bool for an int step, a traced bool for a traced one."""
+  return (step % every == 0) | (step < warm_start_steps)
 
 
 def _when_due(every: int, warm_start_steps: int, step: jax.Array,
@@ -220,8 +221,8 @@ def _when_due(every: int, warm_start_steps: int, step: jax.Array,
   `lax.cond`; direct for `every == 1`)."""
   if every == 1:
     return update(state)
-  due = (step % every == 0) | (step < warm_start_steps)
-  return jax.lax.cond(due, update, lambda unchanged: unchanged, state)
+  return jax.lax.cond(is_due(step, every, warm_start_steps), update,
+                      lambda unchanged: unchanged, state)
 
 
 def update_curvature(state: CurvatureState, factors_fn: Callable[[], Mapping[LayerPath, Any]],
