@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from benchmark import report, runner, spec, tuning
 from benchmark.spec import BenchmarkError, Workload
@@ -60,13 +60,37 @@ def sweep_space_path(workload_name: str, submission_name: str) -> str:
 def run_job(workload: Workload, plan: Sequence[Tuple[str, str]], settings: runner.ExperimentSettings,
             log: Callable[[str], None] = print, submission_dir: Optional[str] = None) -> str:
   """Train every `(submission name, search-space path)` of `plan` on `workload` into the
-  experiment `settings` names, then write its report; returns the experiment folder."""
+  experiment `settings` names; returns the experiment folder (`finish_report` reports it)."""
   folder = submission_dir or os.path.join(SUBMISSION_DIR, workload.workload_name)
   loaded = [(name, spec.load_submission(os.path.join(folder, f'{name}.py')),
              tuning.load_search_space(space)) for name, space in plan]  # Fail before training.
   for name, submission, space in loaded:
     runner.run_experiment(workload, submission, name, space, settings, log=log)
   return os.path.join(settings.experiment_dir, settings.experiment_name)
+
+
+def run_workload_job(workload_name: str, config_name: str, *,
+                     space_path: Callable[[str, str], str], experiment_dir: str,
+                     experiment_name: Callable[[Workload], str], step_caps: Mapping[str, int],
+                     names: Optional[Sequence[str]] = None, max_global_steps: Optional[int] = None,
+                     num_tuning_trials: int = 1, num_studies: int = 1, rng_seed: int = 0) -> str:
+  """Load the workload (building its embedded data), then `run_job` its submissions `names`
+  (default: `job_submissions`) with the search spaces `space_path(workload_name, name)`.
+
+  Every trial stops at `max_global_steps`, by default `min(step_hint, step_caps[workload])`;
+  study `s` draws with seed `rng_seed + s` (`runner.run_experiment`). Returns the experiment
+  folder `experiment_dir/experiment_name(workload)`.
+  """
+  workload = load_workload(workload_name, config_name, log=log_line)
+  plan = [(name, space_path(workload_name, name))
+          for name in (names or job_submissions(workload_name))]
+  max_steps = max_global_steps or min(workload.step_hint,
+                                      step_caps.get(workload_name, workload.step_hint))
+  settings = runner.ExperimentSettings(
+      experiment_dir=experiment_dir, experiment_name=experiment_name(workload),
+      num_tuning_trials=num_tuning_trials, num_studies=num_studies, rng_seed=rng_seed,
+      trial=runner.TrialSettings(rng_seed=rng_seed, max_global_steps=max_steps))
+  return run_job(workload, plan, settings, log=log_line)
 
 
 def finish_report(root: str, log: Callable[[str], None] = print) -> List[str]:

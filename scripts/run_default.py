@@ -18,7 +18,7 @@ import datetime
 
 from absl import app, flags
 
-from benchmark import jobs, runner
+from benchmark import jobs
 
 # `make run` stops a submission that has not reached the target after this many steps: about
 # 1.5x the tuned Nesterov reference's measured steps to target (docs/results_*.md).
@@ -32,15 +32,12 @@ flags.DEFINE_integer('rng_seed', 0, 'Seed of the run.')
 
 
 def job() -> str:
-  workload = jobs.load_workload(FLAGS.workload, FLAGS.config, log=jobs.log_line)
-  plan = [(name, jobs.tuned_space_path(FLAGS.workload, name))
-          for name in jobs.job_submissions(FLAGS.workload)]
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
-  max_steps = min(workload.step_hint, MAKE_RUN_MAX_STEPS.get(FLAGS.workload, workload.step_hint))
-  settings = runner.ExperimentSettings(
-      experiment_dir=FLAGS.experiment_dir, experiment_name=f'run_{workload.variant_name}_{stamp}',
-      trial=runner.TrialSettings(rng_seed=FLAGS.rng_seed, max_global_steps=max_steps))
-  return jobs.run_job(workload, plan, settings, log=jobs.log_line)
+  return jobs.run_workload_job(
+      FLAGS.workload, FLAGS.config, space_path=jobs.tuned_space_path,
+      experiment_dir=FLAGS.experiment_dir,
+      experiment_name=lambda workload: f'run_{workload.variant_name}_{stamp}',
+      step_caps=MAKE_RUN_MAX_STEPS, rng_seed=FLAGS.rng_seed)
 
 
 def main(argv) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from benchmark import jobs, runner
+from benchmark import jobs
 
 # The step cap of every trial of a study: half the ogbg small step_hint (3,000) and 0.4x the image
 # small configs' (1,000); 1.3-1.5x the measured reference steps to target.
@@ -36,18 +36,13 @@ flags.DEFINE_integer('rng_seed', 0, 'Seed of the trial draws and training.')
 
 
 def job() -> str:
-  workload = jobs.load_workload(FLAGS.workload, FLAGS.config, log=jobs.log_line)
-  names = FLAGS.submissions or jobs.job_submissions(FLAGS.workload)
-  plan = [(name, jobs.sweep_space_path(FLAGS.workload, name)) for name in names]
-  max_steps = FLAGS.max_global_steps or min(
-      workload.step_hint, STUDY_MAX_STEPS.get(FLAGS.workload, workload.step_hint))
-  settings = runner.ExperimentSettings(
+  return jobs.run_workload_job(
+      FLAGS.workload, FLAGS.config, space_path=jobs.sweep_space_path,
       experiment_dir=FLAGS.experiment_dir,
-      experiment_name=FLAGS.experiment_name or f'study_{FLAGS.config}',
+      experiment_name=lambda workload: FLAGS.experiment_name or f'study_{FLAGS.config}',
+      step_caps=STUDY_MAX_STEPS, names=FLAGS.submissions, max_global_steps=FLAGS.max_global_steps,
       num_tuning_trials=FLAGS.num_tuning_trials, num_studies=FLAGS.num_studies,
-      rng_seed=FLAGS.rng_seed,
-      trial=runner.TrialSettings(rng_seed=FLAGS.rng_seed, max_global_steps=max_steps))
-  return jobs.run_job(workload, plan, settings, log=jobs.log_line)
+      rng_seed=FLAGS.rng_seed)
 
 
 def main(argv) -> int:

@@ -1,6 +1,7 @@
 """The packaged jobs (`make run`, `make study`): their search spaces and submissions resolve and
 load for every workload, and bad input is one clear line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +44,15 @@ def test_job_scripts_report_bad_input_in_one_line(script, args, message):
                         timeout=300)
   assert done.returncode == 2
   assert message in done.stderr and 'Traceback' not in done.stderr
+
+
+def test_run_workload_job_trains_with_the_seed_and_cap_it_is_given(tmp_path):
+  root = jobs.run_workload_job(
+      'ogbg_molpcba', 'tiny', space_path=jobs.tuned_space_path, experiment_dir=str(tmp_path),
+      experiment_name=lambda workload: f'job_{workload.variant_name}', step_caps={},
+      names=['nesterov'], max_global_steps=2, rng_seed=7)
+  assert root == os.path.join(str(tmp_path), 'job_ogbg_molpcba_tiny')
+  with open(os.path.join(root, 'ogbg_molpcba_tiny', 'nesterov', 'study_0', 'trial_1',
+                         'trial_summary.json')) as f:
+    summary = json.load(f)
+  assert summary['global_steps'] == 2 and summary['rng_seed'] == 7  # study 0, trial 1: the seed
