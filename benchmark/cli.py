@@ -20,7 +20,8 @@ from typing import List
 
 from absl import app, flags
 
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
+from benchmark import submission_loader
 
 COMMANDS = ('run', 'report', 'describe', 'build-data')
 
@@ -63,13 +64,13 @@ def _workload():
 
 
 def cmd_run(args: List[str]) -> int:
-  from benchmark import report, runner, spec, tuning
+  from benchmark import report, runner, tuning
   if args:
     raise BenchmarkError(f'unexpected arguments to run: {" ".join(args)}')
   workload = _workload()
   workload.check_data_available()
   submission_path = _require('submission_path')
-  submission = spec.load_submission(submission_path)
+  submission = submission_loader.load_submission(submission_path)
   search_space = tuning.load_search_space(_require('tuning_search_space'))
   if FLAGS.num_studies < 1:
     raise BenchmarkError(f'--num_studies must be at least 1, got {FLAGS.num_studies}')
@@ -81,7 +82,7 @@ def cmd_run(args: List[str]) -> int:
                                  max_runtime_sec=FLAGS.max_runtime_sec,
                                  eval_every_steps=FLAGS.eval_every_steps,
                                  stop_on_target=FLAGS.stop_on_target))
-  runner.run_experiment(workload, submission, spec.submission_name(submission_path),
+  runner.run_experiment(workload, submission, submission_loader.submission_name(submission_path),
                         search_space, settings, log=_log)
   root = os.path.join(FLAGS.experiment_dir, FLAGS.experiment_name)
   print(report.render(root, 'leaderboard'))

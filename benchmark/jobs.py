@@ -13,9 +13,11 @@ import sys
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from benchmark import report, runner, spec, tuning
-from benchmark.spec import BenchmarkError, Workload
+from benchmark import report, runner, tuning
+from contract.errors import BenchmarkError
+from contract.workload import Workload
 import workloads
+from benchmark import submission_loader
 
 SEARCH_SPACE_DIR = 'tuning_search_spaces'
 SUBMISSION_DIR = 'submissions'
@@ -62,7 +64,7 @@ def run_job(workload: Workload, plan: Sequence[Tuple[str, str]], settings: runne
   """Train every `(submission name, search-space path)` of `plan` on `workload` into the
   experiment `settings` names; returns the experiment folder (`finish_report` reports it)."""
   folder = submission_dir or os.path.join(SUBMISSION_DIR, workload.workload_name)
-  loaded = [(name, spec.load_submission(os.path.join(folder, f'{name}.py')),
+  loaded = [(name, submission_loader.load_submission(os.path.join(folder, f'{name}.py')),
              tuning.load_search_space(space)) for name, space in plan]  # Fail before training.
   for name, submission, space in loaded:
     runner.run_experiment(workload, submission, name, space, settings, log=log)

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from benchmark import tuning
-from benchmark.spec import BenchmarkError, Workload
+from contract.errors import BenchmarkError
+from contract.workload import Workload
 
 MEASUREMENTS_FILE = 'eval_measurements.csv'
 SUMMARY_FILE = 'trial_summary.json'

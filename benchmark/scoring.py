@@ -21,7 +21,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from benchmark.runner import STATUS_DIVERGED, STATUS_FAILED, SUMMARY_FILE
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
 
 INF = float('inf')
 MAX_PERFORMANCE_RATIO = 4.0  # AlgoPerf's tau_max: a ratio above it counts as infinite.

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
 
 SCALINGS = ('log', 'linear')
 

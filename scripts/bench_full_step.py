@@ -64,7 +64,8 @@ import numpy as np
 
 import workloads
 from benchmark import machine
-from benchmark.spec import BenchmarkError, Workload
+from contract.errors import BenchmarkError
+from contract.workload import Workload
 from submissions import common, kfac_submission, nesterov
 from workloads import image_pipeline
 from workloads.ogbg_molpcba import input_pipeline as ogbg_pipeline

@@ -46,7 +46,7 @@ import optax  # noqa: E402
 import kfac  # noqa: E402
 from kfac import laplace  # noqa: E402
 import workloads  # noqa: E402
-from benchmark.spec import ForwardPassMode  # noqa: E402
+from contract.types import ForwardPassMode  # noqa: E402
 from workloads.cifar_wrn.workload import CifarWrnWorkload  # noqa: E402
 from benchmark import machine  # noqa: E402
 

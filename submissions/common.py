@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import optax
 
 import workloads
-from benchmark.spec import ForwardPassMode, Workload
+from contract.types import ForwardPassMode
+from contract.workload import Workload
 
 # AlgoPerf's target-setting runs plan their schedule over 0.75 x step_hint (DESIGN section 3:
 # 0.75 x 80,000 = 60,000 "expected steps" on ogbg); the paper's K-FAC runs scale it by a further

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 import kfac
-from benchmark.spec import LossType
+from contract.types import LossType
 from submissions import common
 
 DEFAULT_COV_UPDATE_EVERY = 1

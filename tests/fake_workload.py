@@ -11,11 +11,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from contract import types as api_types
+from contract.workload import Workload
 
-from benchmark import spec
 
 
-class FakeWorkload(spec.Workload):
+class FakeWorkload(Workload):
   """`validation/score = global_step / 100`; `train/loss` is the real loss of the model."""
 
   workload_name = 'fake'
@@ -36,7 +37,7 @@ class FakeWorkload(spec.Workload):
   target_metric_name = 'score'
   validation_target_value = property(lambda self: self.target)
   test_target_value = property(lambda self: self.target)
-  loss_type = spec.LossType.MEAN_SQUARED_ERROR
+  loss_type = api_types.LossType.MEAN_SQUARED_ERROR
   num_train_examples = 256
   num_eval_train_examples = 256
   num_validation_examples = 256
@@ -60,7 +61,7 @@ class FakeWorkload(spec.Workload):
   def init_model_fn(self, rng, dropout_rate=None):
     params = self.model.init(rng, jnp.zeros((1, 4)))
     self._param_shapes = jax.tree_util.tree_map(lambda x: x.shape, params)
-    self._param_types = jax.tree_util.tree_map(lambda x: spec.ParameterType.WEIGHT, params)
+    self._param_types = jax.tree_util.tree_map(lambda x: api_types.ParameterType.WEIGHT, params)
     return params, None
 
   def model_fn(self, params, batch, model_state, mode, rng, update_batch_norm, dropout_rate=None):
@@ -86,7 +87,7 @@ class FakeWorkload(spec.Workload):
   def _eval_model_on_split(self, split, num_examples, global_batch_size, params, model_state, rng,
                            data_dir, global_step=0):
     time.sleep(self.eval_sleep_sec)
-    logits, _ = self.model_fn(params, {'inputs': self.x}, None, spec.ForwardPassMode.EVAL, rng,
+    logits, _ = self.model_fn(params, {'inputs': self.x}, None, api_types.ForwardPassMode.EVAL, rng,
                               False)
     loss = float(self.loss_fn(self.y, logits)['summed']) / len(self.x)
     return {'loss': loss, 'score': global_step / 100.0}

@@ -7,7 +7,8 @@ import os
 import pytest
 
 import workloads
-from benchmark import report, runner, spec, tuning
+from benchmark import report, runner, tuning
+from benchmark import submission_loader
 
 # The tuned Nesterov point of ogbg small passes validation mAP 0.30 between steps 300 and 400 on
 # seeds 0 and 1 (measured: 0.240 / 0.243 at step 300, 0.346 / 0.303 at step 400).
@@ -22,7 +23,7 @@ def _with_target(workload, target: float):
 
 def test_nesterov_trains_ogbg_small_to_a_lower_target(tmp_path):
   workload = _with_target(workloads.get_workload('ogbg_molpcba', 'small'), LOWER_SMALL_TARGET)
-  submission = spec.load_submission('submissions/ogbg_molpcba/nesterov.py')
+  submission = submission_loader.load_submission('submissions/ogbg_molpcba/nesterov.py')
   point = tuning.generate_trials(
       tuning.load_search_space('tuning_search_spaces/ogbg_molpcba/nesterov_tuned.json'), 1, 0)[0]
   settings = runner.TrialSettings(rng_seed=0, max_global_steps=800, eval_every_steps=50,
@@ -53,7 +54,7 @@ IMAGE_CASES = {
 def test_image_workload_trains_small_to_a_lower_target(tmp_path, workload_name):
   submission_name, point, target = IMAGE_CASES[workload_name]
   workload = _with_target(workloads.get_workload(workload_name, 'small'), target)
-  submission = spec.load_submission(f'submissions/{workload_name}/{submission_name}.py')
+  submission = submission_loader.load_submission(f'submissions/{workload_name}/{submission_name}.py')
   settings = runner.TrialSettings(rng_seed=0, max_global_steps=80, eval_every_steps=10,
                                   max_runtime_sec=3600)
   result = runner.run_trial(workload, submission, dict(IMAGE_POINT, **point), str(tmp_path),
@@ -84,7 +85,7 @@ def test_sweep_of_two_submissions_on_tiny_and_report(tmp_path):
       trial=runner.TrialSettings(rng_seed=0, max_global_steps=12, eval_every_steps=6,
                                  max_runtime_sec=3600, stop_on_target=False))
   for name, space in (('nesterov', nesterov_space), ('kfac_reduce', kfac_space)):
-    submission = spec.load_submission(f'submissions/ogbg_molpcba/{name}.py')
+    submission = submission_loader.load_submission(f'submissions/ogbg_molpcba/{name}.py')
     summaries = runner.run_experiment(workload, submission, name, space, settings,
                                       log=lambda m: None)
     assert [s['global_steps'] for s in summaries] == [12, 12]

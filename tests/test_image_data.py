@@ -12,9 +12,10 @@ import optax
 import pytest
 
 import workloads
-from benchmark import spec
 from workloads import get_workload, image_data, image_pipeline
 from workloads.image_classification import softmax_cross_entropy
+from contract import errors
+from contract import types as api_types
 
 WORKLOADS = ('imagenet_vit', 'cifar_wrn')
 
@@ -171,7 +172,7 @@ def test_eval_with_padding_equals_a_direct_computation(tiny, digits):
                                           jax.random.PRNGKey(0), None)
   images, labels = digits['validation']
   logits, _ = jax.jit(lambda p, s, x: workload.model_fn(
-      p, {'inputs': x}, s, spec.ForwardPassMode.EVAL, None, update_batch_norm=False))(
+      p, {'inputs': x}, s, api_types.ForwardPassMode.EVAL, None, update_batch_norm=False))(
           params, model_state, images)
   log_probs = jax.nn.log_softmax(logits)
   expected_loss = -np.mean(np.take_along_axis(np.asarray(log_probs), labels[:, None], 1))
@@ -185,9 +186,9 @@ def test_eval_with_padding_equals_a_direct_computation(tiny, digits):
 
 def test_config_and_data_source_must_agree(tiny, tmp_path):
   workload, _, _ = tiny
-  with pytest.raises(spec.BenchmarkError, match='embedded'):
+  with pytest.raises(errors.BenchmarkError, match='embedded'):
     get_workload(workload.workload_name, 'tiny', data_dir=str(tmp_path), data_source='tfds')
-  with pytest.raises(spec.BenchmarkError, match='tfds'):
+  with pytest.raises(errors.BenchmarkError, match='tfds'):
     get_workload(workload.workload_name, 'full', data_source='embedded')
 
 
@@ -212,7 +213,7 @@ def sgd_training(workload, params, model_state, num_steps, learning_rate, seed=0
   @jax.jit
   def step(params, model_state, opt_state, batch, rng):
     def mean_loss(p):
-      logits, new_state = workload.model_fn(p, batch, model_state, spec.ForwardPassMode.TRAIN,
+      logits, new_state = workload.model_fn(p, batch, model_state, api_types.ForwardPassMode.TRAIN,
                                             rng, update_batch_norm=True)
       loss = workload.loss_fn(batch['targets'], logits, batch['weights'])
       return loss['summed'] / loss['n_valid_examples'], new_state

@@ -8,15 +8,16 @@ import sys
 
 import pytest
 
-from benchmark import jobs, spec, tuning
-from benchmark.spec import BenchmarkError
+from benchmark import jobs, tuning
+from contract.errors import BenchmarkError
+from benchmark import submission_loader
 
 
 @pytest.mark.parametrize('workload', sorted(jobs.JOB_SUBMISSIONS))
 def test_every_job_submission_and_space_loads(workload):
   assert jobs.job_submissions(workload)[0] == 'nesterov'  # Ratios are to the first.
   for name in jobs.job_submissions(workload):
-    module = spec.load_submission(os.path.join('submissions', workload, f'{name}.py'))
+    module = submission_loader.load_submission(os.path.join('submissions', workload, f'{name}.py'))
     assert callable(module.update_params)
     for path in (jobs.tuned_space_path(workload, name), jobs.sweep_space_path(workload, name)):
       points = tuning.generate_trials(tuning.load_search_space(path), 2, seed=0)

@@ -14,7 +14,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import Descriptors
 
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
 from workloads.ogbg_molpcba import embedded_data, input_pipeline
 from workloads.ogbg_molpcba.workload import OgbgMolpcbaWorkload
 

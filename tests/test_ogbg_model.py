@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from benchmark import spec
 from workloads.ogbg_molpcba import input_pipeline, metrics, model
 from workloads.ogbg_molpcba.workload import OgbgMolpcbaWorkload
+from contract import types as api_types
 
 # AlgoPerf's ogbg GNN (DESIGN section 3): 3,554,176 parameters in 66 arrays.
 FULL_NUM_PARAMS = 3_554_176
@@ -59,11 +59,11 @@ def test_full_model_has_algoperf_parameter_count_and_names(tmp_path):
 def test_parameter_types(tiny):
   workload, _ = tiny
   types = workload.model_params_types
-  assert types['node_embedding']['kernel'] == spec.ParameterType.EMBEDDING
-  assert types['Dense_0']['kernel'] == spec.ParameterType.WEIGHT
-  assert types['Dense_0']['bias'] == spec.ParameterType.BIAS
-  assert types['LayerNorm_0']['scale'] == spec.ParameterType.LAYER_NORM_SCALE
-  assert types['LayerNorm_0']['bias'] == spec.ParameterType.LAYER_NORM_BIAS
+  assert types['node_embedding']['kernel'] == api_types.ParameterType.EMBEDDING
+  assert types['Dense_0']['kernel'] == api_types.ParameterType.WEIGHT
+  assert types['Dense_0']['bias'] == api_types.ParameterType.BIAS
+  assert types['LayerNorm_0']['scale'] == api_types.ParameterType.LAYER_NORM_SCALE
+  assert types['LayerNorm_0']['bias'] == api_types.ParameterType.LAYER_NORM_BIAS
 
 
 def test_every_dense_is_called_once_and_maps_to_its_parameters():
@@ -78,7 +78,7 @@ def test_every_dense_is_called_once_and_maps_to_its_parameters():
     return next_fun(*args, **kwargs)
 
   def train_logits(p):
-    return small.model_fn(p, batch, None, spec.ForwardPassMode.TRAIN, jax.random.PRNGKey(1),
+    return small.model_fn(p, batch, None, api_types.ForwardPassMode.TRAIN, jax.random.PRNGKey(1),
                           update_batch_norm=False)[0]
 
   with nn.intercept_methods(count_dense_calls):
@@ -101,8 +101,8 @@ def test_dropout_only_in_training(tiny, tiny_batch):
   def logits(mode, rng, dropout_rate=None):
     return np.asarray(model_logits(mode, rng, dropout_rate))
 
-  train = spec.ForwardPassMode.TRAIN
-  evaluation = spec.ForwardPassMode.EVAL
+  train = api_types.ForwardPassMode.TRAIN
+  evaluation = api_types.ForwardPassMode.EVAL
   key_a, key_b = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
   assert logits(train, key_a).shape == (33, workload.num_tasks)
   assert not np.allclose(logits(train, key_a), logits(train, key_b))
@@ -157,7 +157,7 @@ def test_tiny_config_learns(tiny, tiny_batch):
   optimizer = optax.adam(1e-2)
 
   def mean_loss(p, rng):
-    logits, _ = workload.model_fn(p, tiny_batch, None, spec.ForwardPassMode.TRAIN, rng, False)
+    logits, _ = workload.model_fn(p, tiny_batch, None, api_types.ForwardPassMode.TRAIN, rng, False)
     losses = workload.loss_fn(tiny_batch['targets'], logits, tiny_batch['weights'])
     return losses['summed'] / losses['n_valid_examples']
 

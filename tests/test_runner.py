@@ -6,15 +6,17 @@ import os
 
 import pytest
 
-from benchmark import runner, scoring, spec, tuning
+from benchmark import runner, scoring, tuning
 from tests.fake_workload import FakeWorkload
+from contract import errors
+from benchmark import submission_loader
 
 SUBMISSION = 'tests/fake_submission.py'
 
 
 @pytest.fixture(scope='module')
 def submission():
-  return spec.load_submission(SUBMISSION)
+  return submission_loader.load_submission(SUBMISSION)
 
 
 def _read_csv(path):
@@ -97,7 +99,7 @@ def test_experiment_resumes_and_refuses_other_hyperparameters(tmp_path, submissi
   assert sum('skipped' in m for m in logs) == 3
   assert [s['hyperparameters'] for s in second] == [s['hyperparameters'] for s in first]
   other = tuning.parse_search_space({'learning_rate': {'feasible_points': [0.5]}})
-  with pytest.raises(spec.BenchmarkError, match='other hyperparameters'):
+  with pytest.raises(errors.BenchmarkError, match='other hyperparameters'):
     runner.run_experiment(workload, submission, 'fake_sgd', other, settings, logs.append)
   rows = scoring.leaderboard_rows(scoring.load_trial_summaries(str(tmp_path)))
   assert len(rows) == 1 and rows[0]['steps_to_target'] == 20 and rows[0]['trials'] == 4
@@ -110,23 +112,23 @@ def test_unwritable_experiment_dir(tmp_path, submission):
   blocker.write_text('x')
   settings = runner.ExperimentSettings(experiment_dir=str(blocker), experiment_name='exp')
   space = tuning.parse_search_space({'learning_rate': {'feasible_points': [0.1]}})
-  with pytest.raises(spec.BenchmarkError, match='cannot be written'):
+  with pytest.raises(errors.BenchmarkError, match='cannot be written'):
     runner.run_experiment(FakeWorkload(), submission, 'fake_sgd', space, settings, print)
 
 
 def test_submission_loader_errors(tmp_path):
-  with pytest.raises(spec.BenchmarkError, match='does not exist'):
-    spec.load_submission(str(tmp_path / 'nope.py'))
+  with pytest.raises(errors.BenchmarkError, match='does not exist'):
+    submission_loader.load_submission(str(tmp_path / 'nope.py'))
   partial = tmp_path / 'partial.py'
   partial.write_text('def get_batch_size(name):\n  return 1\n')
-  with pytest.raises(spec.BenchmarkError,
+  with pytest.raises(errors.BenchmarkError,
                      match='missing required function.*init_optimizer_state, update_params, data_selection'):
-    spec.load_submission(str(partial))
+    submission_loader.load_submission(str(partial))
   broken = tmp_path / 'broken.py'
   broken.write_text('import not_a_module_anywhere\n')
-  with pytest.raises(spec.BenchmarkError, match='failed to import'):
-    spec.load_submission(str(broken))
-  with pytest.raises(spec.BenchmarkError, match='not found'):
-    spec.load_submission('submissions.no_such_submission')
-  assert spec.submission_name('submissions/ogbg_molpcba/kfac_reduce.py') == 'kfac_reduce'
-  assert spec.submission_name('submissions.ogbg_molpcba.nesterov') == 'nesterov'
+  with pytest.raises(errors.BenchmarkError, match='failed to import'):
+    submission_loader.load_submission(str(broken))
+  with pytest.raises(errors.BenchmarkError, match='not found'):
+    submission_loader.load_submission('submissions.no_such_submission')
+  assert submission_loader.submission_name('submissions/ogbg_molpcba/kfac_reduce.py') == 'kfac_reduce'
+  assert submission_loader.submission_name('submissions.ogbg_molpcba.nesterov') == 'nesterov'

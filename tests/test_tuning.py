@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmark import tuning
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
 
 
 @pytest.mark.parametrize('raw, message', [

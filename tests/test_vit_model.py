@@ -7,11 +7,11 @@ import pytest
 from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
-from benchmark import spec
 from workloads import get_workload
 from workloads.image_classification import parameter_types
 from workloads.imagenet_vit import configs
 from workloads.imagenet_vit.model import ViT, sincos_position_embedding
+from contract import types as api_types
 
 
 def abstract_params(config_name):
@@ -62,7 +62,7 @@ def test_parameter_types_cover_attention_norms_conv_and_dense():
   params = abstract_params('full')['params']
   types = jax.tree.leaves(parameter_types(params))
   count = {t: types.count(t) for t in set(types)}
-  param_type = spec.ParameterType
+  param_type = api_types.ParameterType
   for attention in (param_type.ATTENTION_Q, param_type.ATTENTION_K, param_type.ATTENTION_V,
                     param_type.ATTENTION_OUT):
     assert count[attention] == 12
@@ -122,7 +122,7 @@ def test_logits_shape_and_zero_initialised_head(tiny):
   assert model_state is None
   assert not np.any(params['head']['kernel']) and not np.any(params['head']['bias'])
   logits, new_state = jax.jit(workload.model_fn, static_argnums=(3, 5))(
-      params, {'inputs': images}, None, spec.ForwardPassMode.EVAL, None, False)
+      params, {'inputs': images}, None, api_types.ForwardPassMode.EVAL, None, False)
   assert logits.shape == (4, 10) and new_state is None
   np.testing.assert_array_equal(logits, 0.0)
   assert workload.is_output_params(('head', 'kernel'))
@@ -133,7 +133,7 @@ def test_logits_shape_and_zero_initialised_head(tiny):
 def test_dropout_is_active_in_train_mode_only(tiny):
   workload, params, _, images = tiny
   params = jax.tree.map(lambda x: x + 0.1, params)  # a non-zero head
-  train, evaluate = spec.ForwardPassMode.TRAIN, spec.ForwardPassMode.EVAL
+  train, evaluate = api_types.ForwardPassMode.TRAIN, api_types.ForwardPassMode.EVAL
 
   @jax.jit
   def all_logits(keys):

@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from benchmark import spec
 from workloads import get_workload
 from workloads.image_classification import softmax_cross_entropy
 from workloads.imagenet_vit import configs, input_pipeline
+from contract import errors
+from contract import types as api_types
 
 NUM_MOCK_EXAMPLES = 10
 BATCH = 4
@@ -60,23 +61,23 @@ def test_eval_splits_pass_once_and_pad_the_last_batch(full_workload, split):
 
 
 def test_missing_or_empty_data_dir_is_a_benchmark_error(tmp_path):
-  with pytest.raises(spec.BenchmarkError, match='needs --data_dir'):
+  with pytest.raises(errors.BenchmarkError, match='needs --data_dir'):
     get_workload('imagenet_vit', 'full').check_data_available()
   absent = get_workload('imagenet_vit', 'full', data_dir=str(tmp_path / 'absent'))
-  with pytest.raises(spec.BenchmarkError, match='does not exist'):
+  with pytest.raises(errors.BenchmarkError, match='does not exist'):
     absent.check_data_available()
   empty = get_workload('imagenet_vit', 'full', data_dir=str(tmp_path))
-  with pytest.raises(spec.BenchmarkError, match='imagenet2012.*not prepared'):
+  with pytest.raises(errors.BenchmarkError, match='imagenet2012.*not prepared'):
     empty.check_data_available()
-  with pytest.raises(spec.BenchmarkError, match='imagenet2012.*not prepared'):
+  with pytest.raises(errors.BenchmarkError, match='imagenet2012.*not prepared'):
     empty.build_input_queue(jax.random.PRNGKey(0), 'train', None, BATCH)
   train_only = tmp_path / 'train_only'
   prepared_data_dir(str(train_only))
   os.remove(train_only / 'imagenet_v2' / 'matched-frequency' / '3.0.0' / 'dataset_info.json')
   workload = get_workload('imagenet_vit', 'full', data_dir=str(train_only))
-  with pytest.raises(spec.BenchmarkError, match='imagenet_v2.*not prepared'):
+  with pytest.raises(errors.BenchmarkError, match='imagenet_v2.*not prepared'):
     workload.check_data_available()
-  with pytest.raises(spec.BenchmarkError, match='imagenet_v2.*not prepared'):
+  with pytest.raises(errors.BenchmarkError, match='imagenet_v2.*not prepared'):
     workload.build_input_queue(jax.random.PRNGKey(0), 'test', None, BATCH)
   get_workload('imagenet_vit', 'full', data_dir=prepared_data_dir(str(tmp_path / 'ok'))
                ).check_data_available()
@@ -92,7 +93,7 @@ def test_full_config_targets_and_budgets():
   assert workload.num_train_examples == 1_281_167
   assert workload.num_validation_examples == 50_000
   assert workload.eval_period_steps is None
-  assert workload.loss_type == spec.LossType.SOFTMAX_CROSS_ENTROPY
+  assert workload.loss_type == api_types.LossType.SOFTMAX_CROSS_ENTROPY
   assert workload.target_metric_name == 'accuracy' and workload.target_metric_higher_is_better
 
 

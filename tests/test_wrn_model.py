@@ -9,10 +9,10 @@ import pytest
 from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
-from benchmark import spec
 from workloads import get_workload
 from workloads.cifar_wrn import configs
 from workloads.cifar_wrn.model import WideResNet
+from contract import types as api_types
 
 
 def wrn_param_count(depth, widen_factor, num_classes):
@@ -95,18 +95,18 @@ def test_model_state_holds_batch_norm_statistics(tiny):
   assert set(flatten_dict(model_state['batch_stats'])) == {
       path[:-1] + (stat,) for path in flatten_dict(params) if 'BatchNorm' in path[-2]
       and path[-1] == 'scale' for stat in ('mean', 'var')}
-  logits, _ = workload.model_fn(params, batch, model_state, spec.ForwardPassMode.EVAL, None,
+  logits, _ = workload.model_fn(params, batch, model_state, api_types.ForwardPassMode.EVAL, None,
                                 False)
   assert logits.shape == (6, 10)
   types = jax.tree.leaves(workload.model_params_types)
-  assert types.count(spec.ParameterType.CONV_WEIGHT) == 9  # stem, 3 x 2 convs, 2 projections
-  assert types.count(spec.ParameterType.BATCH_NORM_SCALE) == 7
+  assert types.count(api_types.ParameterType.CONV_WEIGHT) == 9  # stem, 3 x 2 convs, 2 projections
+  assert types.count(api_types.ParameterType.BATCH_NORM_SCALE) == 7
   assert workload.is_output_params(('head', 'bias'))
 
 
 def test_train_mode_updates_running_statistics_only_when_asked(tiny):
   workload, params, model_state, batch = tiny
-  train = spec.ForwardPassMode.TRAIN
+  train = api_types.ForwardPassMode.TRAIN
   logits, updated = workload.model_fn(params, batch, model_state, train, None, True)
   # The first BatchNorm normalises the stem conv output: its running mean moves to
   # 0.9 * 0 + 0.1 * batch mean, its variance to 0.9 * 1 + 0.1 * batch variance.
@@ -124,12 +124,12 @@ def test_train_mode_updates_running_statistics_only_when_asked(tiny):
 
 def test_eval_mode_uses_running_statistics_and_keeps_the_state(tiny):
   workload, params, model_state, batch = tiny
-  evaluate = spec.ForwardPassMode.EVAL
+  evaluate = api_types.ForwardPassMode.EVAL
   logits, kept = workload.model_fn(params, batch, model_state, evaluate, None, True)
   assert kept is model_state
   alone, _ = workload.model_fn(params, {'inputs': batch['inputs'][:1]}, model_state, evaluate,
                                None, False)
   np.testing.assert_allclose(alone, logits[:1], rtol=1e-4, atol=1e-5)
-  train_logits, _ = workload.model_fn(params, batch, model_state, spec.ForwardPassMode.TRAIN,
+  train_logits, _ = workload.model_fn(params, batch, model_state, api_types.ForwardPassMode.TRAIN,
                                       None, False)
   assert not np.allclose(train_logits, logits, atol=1e-3)

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from benchmark import spec
 from workloads import get_workload
 from workloads.cifar_wrn import configs, input_pipeline
+from contract import errors
 
 NUM_MOCK_EXAMPLES = 10
 BATCH = 4
@@ -96,15 +96,15 @@ def test_train_augmentation_is_a_crop_of_the_4_pixel_padding_maybe_flipped():
 
 
 def test_missing_or_empty_data_dir_is_a_benchmark_error(tmp_path):
-  with pytest.raises(spec.BenchmarkError, match='needs --data_dir'):
+  with pytest.raises(errors.BenchmarkError, match='needs --data_dir'):
     get_workload('cifar_wrn', 'full').check_data_available()
   absent = get_workload('cifar_wrn', 'full', data_dir=str(tmp_path / 'absent'))
-  with pytest.raises(spec.BenchmarkError, match='does not exist'):
+  with pytest.raises(errors.BenchmarkError, match='does not exist'):
     absent.check_data_available()
   empty = get_workload('cifar_wrn', 'full', data_dir=str(tmp_path))
-  with pytest.raises(spec.BenchmarkError, match='cifar10.*not prepared'):
+  with pytest.raises(errors.BenchmarkError, match='cifar10.*not prepared'):
     empty.check_data_available()
-  with pytest.raises(spec.BenchmarkError, match='cifar10.*not prepared'):
+  with pytest.raises(errors.BenchmarkError, match='cifar10.*not prepared'):
     empty.build_input_queue(jax.random.PRNGKey(0), 'validation', None, BATCH)
   get_workload('cifar_wrn', 'full', data_dir=prepared_data_dir(str(tmp_path / 'ok'))
                ).check_data_available()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Optional, Tuple
 
-from benchmark.spec import BenchmarkError, Workload
+from contract.errors import BenchmarkError
+from contract.workload import Workload
 
 # name -> (module, class name)
 WORKLOADS: Dict[str, Tuple[str, str]] = {

@@ -24,24 +24,26 @@ import ml_collections
 import optax
 from flax import linen as nn
 
-from benchmark import spec
 from workloads import image_data, image_pipeline
+from contract import errors
+from contract import types as api_types
+from contract.workload import Workload
 
 EVAL_SPLITS = ('eval_train', 'validation', 'test')
 
 
-def parameter_types(params: spec.ParameterContainer) -> Any:
-  """The `spec.ParameterType` of every leaf of a Flax parameter tree, from its path.
+def parameter_types(params: api_types.ParameterContainer) -> Any:
+  """The `api_types.ParameterType` of every leaf of a Flax parameter tree, from its path.
 
   BatchNorm/LayerNorm scale and bias by the module name; the `query`/`key`/`value`/`out`
   projections of a `MultiHeadDotProductAttention`; 4-D kernels are convolutions; other kernels
   are dense weights.
   """
-  param_type = spec.ParameterType
+  param_type = api_types.ParameterType
   attention_kernels = {'query': param_type.ATTENTION_Q, 'key': param_type.ATTENTION_K,
                        'value': param_type.ATTENTION_V, 'out': param_type.ATTENTION_OUT}
 
-  def leaf_type(path: Tuple[str, ...], value: jax.Array) -> spec.ParameterType:
+  def leaf_type(path: Tuple[str, ...], value: jax.Array) -> api_types.ParameterType:
     module = path[-2].lower() if len(path) > 1 else ''
     owner = path[-3] if len(path) > 2 else ''
     leaf = path[-1]
@@ -95,7 +97,7 @@ def softmax_cross_entropy(label_batch: jax.Array, logits_batch: jax.Array,
           'per_example': per_example}
 
 
-class ImageClassificationWorkload(spec.Workload):
+class ImageClassificationWorkload(Workload):
   """An image classifier on tfds data (full config) or the embedded digits (small, tiny).
 
   Subclasses implement `get_config`, `build_model`, `tfds_names` and the two tfds hooks.
@@ -108,7 +110,7 @@ class ImageClassificationWorkload(spec.Workload):
     super().__init__(config_name, data_dir, data_source)
     self.config = self.get_config(config_name)
     if self.data_source != self.config.data_source:
-      raise spec.BenchmarkError(
+      raise errors.BenchmarkError(
           f'config {config_name!r} of workload {self.workload_name!r} reads '
           f'{self.config.data_source!r} data, not {self.data_source!r} '
           f'(the full config reads tfds, the small and tiny configs the embedded digits)')
@@ -172,8 +174,8 @@ class ImageClassificationWorkload(spec.Workload):
     return self.config.test_target_value
 
   @property
-  def loss_type(self) -> spec.LossType:
-    return spec.LossType.SOFTMAX_CROSS_ENTROPY
+  def loss_type(self) -> api_types.LossType:
+    return api_types.LossType.SOFTMAX_CROSS_ENTROPY
 
   @property
   def num_train_examples(self) -> int:
@@ -220,8 +222,8 @@ class ImageClassificationWorkload(spec.Workload):
     """The classifier is the Dense layer named `head`."""
     return len(param_key) > 0 and param_key[0] == 'head'
 
-  def init_model_fn(self, rng: spec.RandomState, dropout_rate: Optional[float] = None
-                    ) -> Tuple[spec.ParameterContainer, spec.ModelAuxiliaryState]:
+  def init_model_fn(self, rng: api_types.RandomState, dropout_rate: Optional[float] = None
+                    ) -> Tuple[api_types.ParameterContainer, api_types.ModelAuxiliaryState]:
     """Initialises the model on a `[1, H, W, 3]` input.
 
     Args:
@@ -246,19 +248,19 @@ class ImageClassificationWorkload(spec.Workload):
     self._param_types = parameter_types(params)
     return params, (variables or None)
 
-  def model_fn(self, params: spec.ParameterContainer,
-               augmented_and_preprocessed_input_batch: spec.Batch,
-               model_state: spec.ModelAuxiliaryState, mode: spec.ForwardPassMode,
-               rng: spec.RandomState, update_batch_norm: bool,
+  def model_fn(self, params: api_types.ParameterContainer,
+               augmented_and_preprocessed_input_batch: api_types.Batch,
+               model_state: api_types.ModelAuxiliaryState, mode: api_types.ForwardPassMode,
+               rng: api_types.RandomState, update_batch_norm: bool,
                dropout_rate: Optional[float] = None
-               ) -> Tuple[jax.Array, spec.ModelAuxiliaryState]:
+               ) -> Tuple[jax.Array, api_types.ModelAuxiliaryState]:
     """Logits `[N, C]` of `batch['inputs']` `[N, H, W, 3]` and the next model state.
 
     TRAIN: dropout on (with `rng`), BatchNorm normalises with batch statistics and the returned
     state holds the updated running averages when `update_batch_norm`, the old ones otherwise.
     EVAL: no dropout, BatchNorm uses the running averages, the state is returned unchanged.
     """
-    train = mode == spec.ForwardPassMode.TRAIN
+    train = mode == api_types.ForwardPassMode.TRAIN
     rate = self._dropout_rate if dropout_rate is None else dropout_rate
     inputs = augmented_and_preprocessed_input_batch['inputs']
     variables = {'params': params, **(model_state or {})}
@@ -306,7 +308,7 @@ class ImageClassificationWorkload(spec.Workload):
     return image_pipeline.PaddedBatches(images[:num_examples], labels[:num_examples],
                                         batch_size)
 
-  def _build_input_queue(self, data_rng: spec.RandomState, split: str,
+  def _build_input_queue(self, data_rng: api_types.RandomState, split: str,
                          data_dir: Optional[str], global_batch_size: int,
                          cache: Optional[bool] = None,
                          repeat_final_dataset: Optional[bool] = None,
@@ -327,12 +329,12 @@ class ImageClassificationWorkload(spec.Workload):
 
   # Evaluation -------------------------------------------------------------------------------
 
-  def _eval_batch_totals(self, params: spec.ParameterContainer,
-                         model_state: spec.ModelAuxiliaryState,
-                         batch: spec.Batch) -> Dict[str, jax.Array]:
+  def _eval_batch_totals(self, params: api_types.ParameterContainer,
+                         model_state: api_types.ModelAuxiliaryState,
+                         batch: api_types.Batch) -> Dict[str, jax.Array]:
     """Summed loss, number of correct predictions and number of real examples of a padded batch
     (padding rows have weight 0)."""
-    logits, _ = self.model_fn(params, batch, model_state, spec.ForwardPassMode.EVAL, None,
+    logits, _ = self.model_fn(params, batch, model_state, api_types.ForwardPassMode.EVAL, None,
                               update_batch_norm=False)
     weights = batch['weights']
     loss = self.loss_fn(batch['targets'], logits, weights)
@@ -341,8 +343,8 @@ class ImageClassificationWorkload(spec.Workload):
             'num_examples': loss['n_valid_examples']}
 
   def _eval_model_on_split(self, split: str, num_examples: int, global_batch_size: int,
-                           params: spec.ParameterContainer,
-                           model_state: spec.ModelAuxiliaryState, rng: spec.RandomState,
+                           params: api_types.ParameterContainer,
+                           model_state: api_types.ModelAuxiliaryState, rng: api_types.RandomState,
                            data_dir: Optional[str], global_step: int = 0) -> Dict[str, float]:
     """Mean loss and accuracy over the first `num_examples` of a split (`train` reads
     `eval_train`). The pass is cached per (split, batch size, size) and the jitted step compiles

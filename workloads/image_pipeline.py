@@ -16,13 +16,14 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
+from contract import errors
+from contract import types as api_types
 
-from benchmark import spec
 
 Batch = Dict[str, np.ndarray]
 
 
-def seed_from_rng(rng: spec.RandomState) -> int:
+def seed_from_rng(rng: api_types.RandomState) -> int:
   """A non-negative 31-bit integer seed drawn deterministically from a JAX key (raw or typed)."""
   if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.key_data(rng)
@@ -105,12 +106,12 @@ def check_tfds_prepared(data_dir: Optional[str], name: str) -> None:
   """Raises BenchmarkError unless `data_dir` holds the prepared tfds data set `name` (e.g.
   `cifar10:3.0.2`): tfds's layout `<data_dir>/<name>/<version>/dataset_info.json`."""
   if not data_dir:
-    raise spec.BenchmarkError(f'tensorflow-datasets data set {name!r} needs --data_dir')
+    raise errors.BenchmarkError(f'tensorflow-datasets data set {name!r} needs --data_dir')
   if not os.path.isdir(data_dir):
-    raise spec.BenchmarkError(f'data directory {data_dir!r} does not exist')
+    raise errors.BenchmarkError(f'data directory {data_dir!r} does not exist')
   info = os.path.join(data_dir, *name.replace(':', '/').split('/'), 'dataset_info.json')
   if not os.path.isfile(info):
-    raise spec.BenchmarkError(
+    raise errors.BenchmarkError(
         f'tensorflow-datasets data set {name!r} is not prepared under {data_dir!r} (no {info}); '
         f'prepare it with `tfds build {name.split(":")[0]} --data_dir={data_dir}` (ImageNet '
         f'needs its manual download first) or pass the --data_dir that holds it')

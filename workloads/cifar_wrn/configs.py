@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
 from workloads import image_data
 
 # CIFAR-10 training-set channel statistics on the 0..1 scale (AlgoPerf `train_mean`/`train_stddev`).

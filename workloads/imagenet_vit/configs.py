@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
 from workloads import image_data
 
 # ImageNet statistics on the 0..255 scale (AlgoPerf `train_mean`/`train_stddev`).

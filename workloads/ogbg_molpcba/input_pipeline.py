@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 import jraph
 import numpy as np
 
-from benchmark.spec import BenchmarkError
+from contract.errors import BenchmarkError
 from workloads.ogbg_molpcba.embedded_data import (NUM_ATOM_FEATURES, NUM_BOND_FEATURES,
                                                   EmbeddedData)
 

@@ -17,8 +17,9 @@ import jraph
 import numpy as np
 import optax
 
-from benchmark import spec
 from workloads.ogbg_molpcba import configs, embedded_data, input_pipeline, metrics, model
+from contract import types as api_types
+from contract.workload import Workload
 
 # Splits `_build_input_queue` accepts; 'eval_train' is the first `num_eval_train_examples`
 # training molecules in stored order (what `eval_model` scores as 'train').
@@ -52,31 +53,31 @@ def binary_cross_entropy_with_mask(labels: jax.Array, logits: jax.Array, mask: j
   return jnp.where(valid, losses, 0.0)
 
 
-def parameter_types(params: spec.ParameterContainer) -> Any:
-  """The `spec.ParameterType` of every parameter, by AlgoPerf's naming rules: LayerNorm scale and
+def parameter_types(params: api_types.ParameterContainer) -> Any:
+  """The `api_types.ParameterType` of every parameter, by AlgoPerf's naming rules: LayerNorm scale and
   bias, the `node_embedding`/`edge_embedding` kernels as EMBEDDING, other kernels WEIGHT, other
   biases BIAS."""
 
-  def param_type(path, _) -> spec.ParameterType:
+  def param_type(path, _) -> api_types.ParameterType:
     module, name = path[-2].key, path[-1].key
     if module.startswith('LayerNorm'):
-      return (spec.ParameterType.LAYER_NORM_SCALE if name == 'scale'
-              else spec.ParameterType.LAYER_NORM_BIAS)
+      return (api_types.ParameterType.LAYER_NORM_SCALE if name == 'scale'
+              else api_types.ParameterType.LAYER_NORM_BIAS)
     if name == 'bias':
-      return spec.ParameterType.BIAS
+      return api_types.ParameterType.BIAS
     if module.endswith('embedding'):
-      return spec.ParameterType.EMBEDDING
-    return spec.ParameterType.WEIGHT
+      return api_types.ParameterType.EMBEDDING
+    return api_types.ParameterType.WEIGHT
 
   return jax.tree_util.tree_map_with_path(param_type, params)
 
 
-def seed_from_rng(rng: spec.RandomState) -> int:
+def seed_from_rng(rng: api_types.RandomState) -> int:
   """A non-negative int32 seed drawn from a JAX key (raw or typed)."""
   return int(jax.random.randint(rng, (), 0, np.iinfo(np.int32).max))
 
 
-class OgbgMolpcbaWorkload(spec.Workload):
+class OgbgMolpcbaWorkload(Workload):
   """ogbg-molpcba (AlgoPerf) with `full`, `small` and `tiny` configs.
 
   Data sources: `tfds` reads tensorflow-datasets' `ogbg_molpcba:0.1.3` from `data_dir`;
@@ -140,10 +141,10 @@ class OgbgMolpcbaWorkload(spec.Workload):
     return input_pipeline.embedded_examples(self._embedded_data(), split,
                                             shuffle_seed=shuffle_seed, num_examples=num_examples)
 
-  def _build_input_queue(self, data_rng: spec.RandomState, split: str, data_dir: Optional[str],
+  def _build_input_queue(self, data_rng: api_types.RandomState, split: str, data_dir: Optional[str],
                          global_batch_size: int, cache: Optional[bool] = None,
                          repeat_final_dataset: Optional[bool] = None,
-                         num_batches: Optional[int] = None) -> Iterator[spec.Batch]:
+                         num_batches: Optional[int] = None) -> Iterator[api_types.Batch]:
     """Batches of `split` padded for `global_batch_size` graphs.
 
     'train' is shuffled with a seed drawn from `data_rng` and endless; 'eval_train' (the first
@@ -184,9 +185,9 @@ class OgbgMolpcbaWorkload(spec.Workload):
     return self.config.test_target_value
 
   @property
-  def loss_type(self) -> spec.LossType:
+  def loss_type(self) -> api_types.LossType:
     # AlgoPerf's base class says SOFTMAX_CROSS_ENTROPY, but its loss is the sigmoid one.
-    return spec.LossType.SIGMOID_CROSS_ENTROPY
+    return api_types.LossType.SIGMOID_CROSS_ENTROPY
 
   @property
   def num_train_examples(self) -> int:
@@ -242,8 +243,8 @@ class OgbgMolpcbaWorkload(spec.Workload):
         dropout_rate=model_config.dropout_rate if dropout_rate is None else dropout_rate,
         num_message_passing_steps=model_config.num_message_passing_steps)
 
-  def init_model_fn(self, rng: spec.RandomState, dropout_rate: Optional[float] = None
-                    ) -> Tuple[spec.ParameterContainer, spec.ModelAuxiliaryState]:
+  def init_model_fn(self, rng: api_types.RandomState, dropout_rate: Optional[float] = None
+                    ) -> Tuple[api_types.ParameterContainer, api_types.ModelAuxiliaryState]:
     """Initialises on a one-node, one-edge graph; returns `(params, None)` (no model state)."""
     self._model = self._build_model(dropout_rate)
     params_rng, dropout_rng = jax.random.split(rng)
@@ -264,12 +265,12 @@ class OgbgMolpcbaWorkload(spec.Workload):
     return model.decoder_name(model_config.num_message_passing_steps,
                               model_config.hidden_dims) in tuple(param_key)
 
-  def model_fn(self, params: spec.ParameterContainer,
-               augmented_and_preprocessed_input_batch: spec.Batch,
-               model_state: spec.ModelAuxiliaryState, mode: spec.ForwardPassMode,
-               rng: spec.RandomState, update_batch_norm: bool,
+  def model_fn(self, params: api_types.ParameterContainer,
+               augmented_and_preprocessed_input_batch: api_types.Batch,
+               model_state: api_types.ModelAuxiliaryState, mode: api_types.ForwardPassMode,
+               rng: api_types.RandomState, update_batch_norm: bool,
                dropout_rate: Optional[float] = None
-               ) -> Tuple[jax.Array, spec.ModelAuxiliaryState]:
+               ) -> Tuple[jax.Array, api_types.ModelAuxiliaryState]:
     """Logits [n_graph, num_tasks]; dropout (with `rng`) in TRAIN mode only. No model state."""
     del update_batch_norm  # No batch norm in the GNN.
     if model_state is not None:
@@ -277,7 +278,7 @@ class OgbgMolpcbaWorkload(spec.Workload):
     if self._model is None:
       raise ValueError('call init_model_fn before model_fn')
     net = self._model if dropout_rate is None else self._model.clone(dropout_rate=dropout_rate)
-    train = mode == spec.ForwardPassMode.TRAIN
+    train = mode == api_types.ForwardPassMode.TRAIN
     logits = net.apply({'params': params}, augmented_and_preprocessed_input_batch['inputs'],
                        train=train, rngs={'dropout': rng} if train else {})
     return logits, None
@@ -300,10 +301,10 @@ class OgbgMolpcbaWorkload(spec.Workload):
 
   # Evaluation --------------------------------------------------------------------------------
 
-  def _eval_outputs_fn(self, params: spec.ParameterContainer, batch: spec.Batch
+  def _eval_outputs_fn(self, params: api_types.ParameterContainer, batch: api_types.Batch
                        ) -> Tuple[jax.Array, jax.Array, jax.Array]:
     """(logits [n_graph, T], summed loss, number of valid labels) of one batch, deterministic."""
-    logits, _ = self.model_fn(params, batch, None, spec.ForwardPassMode.EVAL, None,
+    logits, _ = self.model_fn(params, batch, None, api_types.ForwardPassMode.EVAL, None,
                               update_batch_norm=False)
     losses = self.loss_fn(batch['targets'], logits, batch['weights'])
     return logits, losses['summed'], losses['n_valid_examples']
@@ -320,8 +321,8 @@ class OgbgMolpcbaWorkload(spec.Workload):
     return self._eval_iters[key]
 
   def _eval_model_on_split(self, split: str, num_examples: int, global_batch_size: int,
-                           params: spec.ParameterContainer,
-                           model_state: spec.ModelAuxiliaryState, rng: spec.RandomState,
+                           params: api_types.ParameterContainer,
+                           model_state: api_types.ModelAuxiliaryState, rng: api_types.RandomState,
                            data_dir: Optional[str], global_step: int = 0) -> Dict[str, float]:
     """`loss` (mean over valid labels) and `mean_average_precision` over one pass of the first
     `num_examples` molecules of `split`."""

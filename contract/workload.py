@@ -1,77 +1,21 @@
-"""The AlgoPerf contract: the Workload base class, the submission API types, the submission loader.
+"""The Workload base class: a model, its data, its loss and its targets, behind the AlgoPerf API.
 
-Names, members and argument orders follow MLCommons AlgoPerf (algorithmic-efficiency v0.5/v0.6,
-`algoperf/spec.py`) so that a submission written for AlgoPerf's JAX harness runs here unchanged,
-and ours run there. See shared/DESIGN.md section 3.
-
-Additions of ours, all optional for AlgoPerf code:
-  * `Workload.config_name` ('full', 'small', 'tiny'), `Workload.variant_name` and
-    `Workload.eval_period_steps` (small configs evaluate on a step period, for determinism);
-  * `Workload.kfac_model_fn`: the forward pass a K-FAC submission differentiates;
-  * `BenchmarkError`: bad user input, printed as one line by the CLI.
+Members and argument orders follow MLCommons AlgoPerf (`algoperf/spec.py`); see docs/contract.md.
+Additions of ours, all optional for AlgoPerf code: `config_name` ('full', 'small', 'tiny'),
+`variant_name`, `eval_period_steps` (small configs evaluate on a step period, for determinism).
 """
 
 from __future__ import annotations
 
 import abc
-import enum
-import importlib
-import importlib.util
 import os
-import sys
-import types
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 
-# -- Types -----------------------------------------------------------------------------------
-
-ParameterContainer = Any  # A pytree of arrays (Flax params dict).
-ModelAuxiliaryState = Any  # e.g. BatchNorm statistics; `None` where a model has none.
-OptimizerState = Any
-Hyperparameters = Any  # A namedtuple / attribute object: `hyperparameters.learning_rate`.
-RandomState = jax.Array
-Batch = Dict[str, Any]  # {'inputs': ..., 'targets': ..., 'weights': ...}
-Timing = float
-Steps = int
-
-
-class BenchmarkError(Exception):
-  """Bad user input or a failed run: the CLI prints its message as one line and exits non-zero."""
-
-
-class LossType(enum.Enum):
-  SOFTMAX_CROSS_ENTROPY = 0
-  SIGMOID_CROSS_ENTROPY = 1
-  MEAN_SQUARED_ERROR = 2
-  CTC_LOSS = 3
-  MEAN_ABSOLUTE_ERROR = 4
-
-
-class ForwardPassMode(enum.Enum):
-  TRAIN = 0
-  EVAL = 1
-
-
-class ParameterType(enum.Enum):
-  WEIGHT = 0
-  BIAS = 1
-  CONV_WEIGHT = 2
-  BATCH_NORM_SCALE = 3
-  BATCH_NORM_BIAS = 4
-  LAYER_NORM_SCALE = 5
-  LAYER_NORM_BIAS = 6
-  EMBEDDING = 7
-  ATTENTION_Q = 8
-  ATTENTION_K = 9
-  ATTENTION_V = 10
-  ATTENTION_OUT = 11
-  ATTENTION_QKV = 12
-  ATTENTION_KV = 13
-  ATTENTION_BIAS = 14
-
-
-# -- Workload -------------------------------------------------------------------------------
+from contract.errors import BenchmarkError
+from contract.types import (Batch, ForwardPassMode, LossType, ModelAuxiliaryState,
+                            ParameterContainer, RandomState)
 
 
 class Workload(metaclass=abc.ABCMeta):
@@ -341,65 +285,3 @@ class Workload(metaclass=abc.ABCMeta):
         'num_validation_examples': self.num_validation_examples,
         'num_test_examples': self.num_test_examples,
     }
-
-
-# -- Submissions ----------------------------------------------------------------------------
-
-SUBMISSION_FUNCTIONS = ('get_batch_size', 'init_optimizer_state', 'update_params',
-                        'data_selection', 'prepare_for_eval')
-REQUIRED_SUBMISSION_FUNCTIONS = ('get_batch_size', 'init_optimizer_state', 'update_params',
-                                 'data_selection')
-
-
-def load_submission(path_or_module: str) -> types.ModuleType:
-  """Imports a submission by file path (`submissions/ogbg_molpcba/nesterov.py`) or module name
-  (`submissions.ogbg_molpcba.nesterov`) and checks that it defines the submission API.
-
-  `prepare_for_eval` is optional (AlgoPerf v0.6): a module without it gets a pass-through.
-
-  Raises:
-    BenchmarkError: the file or module does not exist, fails to import, or misses a function.
-  """
-  if path_or_module.endswith('.py') or os.sep in path_or_module:
-    path = os.path.abspath(path_or_module)
-    if not os.path.isfile(path):
-      raise BenchmarkError(f'submission file {path_or_module!r} does not exist')
-    name = 'submission_' + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-      sys.modules[name] = module
-      spec.loader.exec_module(module)
-    except Exception as e:  # The user's module: report its failure in one line.
-      raise BenchmarkError(
-          f'submission {path_or_module!r} failed to import: {type(e).__name__}: {e}') from e
-  else:
-    try:
-      module = importlib.import_module(path_or_module)
-    except ModuleNotFoundError as e:
-      raise BenchmarkError(f'submission module {path_or_module!r} not found ({e})') from e
-  missing = [f for f in REQUIRED_SUBMISSION_FUNCTIONS if not callable(getattr(module, f, None))]
-  if missing:
-    raise BenchmarkError(
-        f'submission {path_or_module!r} is missing required function(s): {", ".join(missing)}')
-  if not callable(getattr(module, 'prepare_for_eval', None)):
-    module.prepare_for_eval = _pass_through_prepare_for_eval
-  return module
-
-
-def submission_name(path_or_module: str) -> str:
-  """`submissions/ogbg_molpcba/kfac_reduce.py` or `submissions.ogbg_molpcba.kfac_reduce` ->
-  `kfac_reduce`."""
-  if path_or_module.endswith('.py'):
-    return os.path.splitext(os.path.basename(path_or_module))[0]
-  return path_or_module.rsplit('.', 1)[-1]
-
-
-def _pass_through_prepare_for_eval(workload, current_param_container, current_params_types,
-                                   model_state, hyperparameters, loss_type, optimizer_state,
-                                   eval_results, global_step, rng):
-  del workload, current_params_types, hyperparameters, loss_type, eval_results, global_step, rng
-  return optimizer_state, current_param_container, model_state
-
-
-SubmissionFn = Callable[..., Any]
