@@ -8,11 +8,12 @@ from typing import Dict
 
 from kfac.blocks.base import (FACTOR_FORMS, BlockFactory, BlockOptions, CurvatureBlock,
                               LayerStatistics, UnsupportedLayer)
-from kfac.blocks import kron
+from kfac.blocks import cholesky, kron
 
 BLOCK_FACTORIES: Dict[str, BlockFactory] = {
     'eigh': kron.make_eigh_block,
     'pi_eigh': kron.make_pi_eigh_block,
+    'cholesky': cholesky.make_cholesky_block,
     'diagonal': kron.make_diagonal_block,
     'identity': kron.make_identity_block,
 }
