@@ -81,6 +81,8 @@ class BlockOptions(NamedTuple):
     power_iterations: power iterations of randomised range finders.
     forms: `(form of A, form of B)`, each in `FACTOR_FORMS`: how the Kronecker-factored blocks
       store each factor (a side above `max_factor_dim` falls back to 'diagonal' or 'identity').
+    lowrank_damping: 'pi' or 'exact': the damping of the low-rank blocks ('rsvd', 'brand',
+      'brand_rsvd'; see `kfac.blocks.lowrank`).
   """
 
   dtype: Any = jnp.float32
@@ -89,6 +91,7 @@ class BlockOptions(NamedTuple):
   oversampling: int = 10
   power_iterations: int = 2
   forms: Tuple[str, str] = ('full', 'full')
+  lowrank_damping: str = 'pi'
 
 
 class UnsupportedLayer(ValueError):

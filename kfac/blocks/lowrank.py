@@ -1,0 +1,158 @@
+"""Low-rank curvature blocks: 'rsvd' (RS-KFAC), 'brand' (B-KFAC), 'brand_rsvd' (B-R-KFAC).
+
+Puiu's fast K-FAC inverses (RS-KFAC, arXiv 2206.15397; "Brand New K-FACs", arXiv 2210.08494)
+replace the `eigh` of each Kronecker factor (cubic in its side `d`) by a rank-`r` decomposition
+`F ~ U diag(D) U^T` (`kfac.lowrank`):
+
+* 'rsvd': the exponential averages of `A` and `B` as `[d, d]` matrices (statistics steps);
+  a randomised eigendecomposition of each to rank `r` on inverse steps, `O(d^2 r)`.
+* 'brand': no `[d, d]` matrix at all: the rank-`r` decomposition of each average is updated on
+  every statistics step from the batch's rows by Brand's online update, `O(d (r + n)^2)` for
+  `n` rows; inverse steps do nothing. Truncation errors accumulate (drift).
+* 'brand_rsvd': 'brand' on statistics steps, plus the full averages; on inverse steps the
+  decomposition is overwritten by a randomised one of the full average, which cancels the
+  drift. Use it with a long `inverse_update_every`.
+
+Damping (`BlockOptions.lowrank_damping`): 'pi' (default, as the seed applies it: per factor)
+`(A + d_A I)^-1 G (B + d_B I)^-1` with the split of `kfac.blocks.kron.pi_damping` from the exact
+traces of the averages (kept as scalars, so truncation does not shift pi); or 'exact'
+`(A kron B + damping I)^-1` in the joint eigenbasis. Both cost `O(dim_a dim_b r)`. Pi is the
+default because exact damping gives every direction in the truncated tail of one factor the
+weight `1 / damping`, however large the other factor is there; pi gives it
+`1 / ((D_i + d_A) d_B)`. Before the first statistics step `apply` returns `G / damping`.
+
+Brand's update pays off only while a batch adds few rows: its small eigenproblem has side
+`r + n` (expand on a convolution or sequence gives `n = N R` rows, reduce `n = N`); see
+`brand_rows_note`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from kfac import lowrank
+from kfac.blocks.base import BlockOptions, CurvatureBlock, LayerStatistics, UnsupportedLayer
+from kfac.blocks.kron import gram, pi_damping
+
+LOWRANK_DAMPINGS = ('pi', 'exact')
+
+
+class LowRankState(NamedTuple):
+  """State of a low-rank block.
+
+  Attributes:
+    factor_a, factor_b: the `[d, d]` averages ('rsvd', 'brand_rsvd'); None for 'brand'.
+    eigen_a, eigen_b: `LowRankEigen` (basis `[d, r]`, values `[r]`) of each average.
+    mean_a, mean_b: `[]`, `tr F / d` of each average (exact, for pi).
+    key: PRNG key of the randomised decompositions, split on each inverse step.
+  """
+
+  factor_a: Optional[jax.Array]
+  factor_b: Optional[jax.Array]
+  eigen_a: lowrank.LowRankEigen
+  eigen_b: lowrank.LowRankEigen
+  mean_a: jax.Array
+  mean_b: jax.Array
+  key: jax.Array
+
+
+def brand_rows_note(dim: int, rank: int, rows: int) -> Optional[str]:
+  """Why Brand's update does not pay off on a factor of side `dim` fed `rows` rows per batch, or
+  None where it does.
+
+  Brand's update costs `O(dim (r + n)^2 + (r + n)^3)` against `eigh`'s `O(dim^3)`; it saves
+  nothing once its small eigenproblem (side `r + n`) is more than half the factor's side.
+  """
+  small = min(rank, dim) + rows
+  if 2 * small <= dim:
+    return None
+  return (f'{rows} rows per batch + rank {min(rank, dim)} = {small} > {dim}/2: the Brand update '
+          f'is no cheaper than an eigh of the {dim}x{dim} factor (correct, but not faster)')
+
+
+def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions, *,
+                        brand: bool, rsvd: bool) -> CurvatureBlock:
+  """A low-rank block: Brand updates on statistics steps (`brand`), and/or full averages with
+  a randomised re-decomposition on inverse steps (`rsvd`)."""
+  damping_form = options.lowrank_damping
+  if damping_form not in LOWRANK_DAMPINGS:
+    raise ValueError(f'lowrank_damping must be one of {LOWRANK_DAMPINGS}; got {damping_form!r}')
+  if rsvd and tuple(options.forms) != ('full', 'full'):
+    raise UnsupportedLayer(f'{kind!r} keeps both [d, d] factors; got forms {options.forms}')
+  dtype = options.dtype
+
+  def init() -> LowRankState:
+    full = (lambda dim: jnp.zeros([dim, dim], dtype)) if rsvd else (lambda dim: None)
+    zero = jnp.zeros([], dtype)
+    return LowRankState(full(dim_a), full(dim_b), lowrank.empty_eigen(dim_a, options.rank, dtype),
+                        lowrank.empty_eigen(dim_b, options.rank, dtype), zero, zero,
+                        jax.random.PRNGKey(0))
+
+  def statistics(rows: LayerStatistics) -> Tuple[jax.Array, jax.Array]:
+    if brand:
+      return rows.a_rows.astype(dtype), rows.g_rows.astype(dtype)
+    return gram(rows.a_rows, 'full', dtype), gram(rows.g_rows, 'full', dtype)
+
+  def update(state: LowRankState, stats: Tuple[jax.Array, jax.Array],
+             weight: jax.Array) -> LowRankState:
+    weight = weight.astype(dtype)
+
+    def average(old, new):
+      return (1 - weight) * old + weight * new
+
+    grams = tuple(rows.T @ rows for rows in stats) if brand and rsvd else stats
+    traces = tuple(jnp.sum(jnp.square(rows)) for rows in stats) if brand else tuple(
+        jnp.trace(matrix) for matrix in stats)
+    new = dict(mean_a=average(state.mean_a, traces[0] / dim_a),
+               mean_b=average(state.mean_b, traces[1] / dim_b))
+    if rsvd:
+      new.update(factor_a=average(state.factor_a, grams[0]),
+                 factor_b=average(state.factor_b, grams[1]))
+    if brand:
+      new.update(eigen_a=lowrank.brand_update(state.eigen_a, stats[0], weight, options.eigh_dtype),
+                 eigen_b=lowrank.brand_update(state.eigen_b, stats[1], weight, options.eigh_dtype))
+    return state._replace(**new)
+
+  def invert(state: LowRankState, damping: jax.Array) -> LowRankState:
+    del damping  # Enters at apply time.
+    if not rsvd:
+      return state
+    key, key_a, key_b = jax.random.split(state.key, 3)
+
+    def decompose(factor, key):
+      return lowrank.randomized_eigh(factor, options.rank, key, options.oversampling,
+                                     options.power_iterations, options.eigh_dtype)
+
+    return state._replace(eigen_a=decompose(state.factor_a, key_a),
+                          eigen_b=decompose(state.factor_b, key_b), key=key)
+
+  def apply(state: LowRankState, grad: jax.Array, damping: jax.Array) -> jax.Array:
+    matrix = grad.astype(dtype)
+    if damping_form == 'exact':
+      result = lowrank.exact_damped_apply(state.eigen_a, state.eigen_b, matrix, damping)
+    else:
+      damping_a, damping_b = pi_damping(state.mean_a, state.mean_b, damping)
+      result = lowrank.pi_damped_apply(state.eigen_a, state.eigen_b, matrix, damping_a, damping_b)
+    return result.astype(grad.dtype)
+
+  return CurvatureBlock(kind=kind, init=init, statistics=statistics, update=update,
+                        invert=invert, apply=apply)
+
+
+def make_rsvd_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
+  """RS-KFAC: full averages, randomised rank-`options.rank` eigendecompositions on inverse steps."""
+  return _make_lowrank_block('rsvd', dim_a, dim_b, options, brand=False, rsvd=True)
+
+
+def make_brand_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
+  """B-KFAC: rank-`options.rank` decompositions of the averages, Brand-updated from the rows."""
+  return _make_lowrank_block('brand', dim_a, dim_b, options, brand=True, rsvd=False)
+
+
+def make_brand_rsvd_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
+  """B-R-KFAC: Brand updates on statistics steps, randomised re-decompositions of the full
+  averages on inverse steps."""
+  return _make_lowrank_block('brand_rsvd', dim_a, dim_b, options, brand=True, rsvd=True)

@@ -1,0 +1,239 @@
+"""Low-rank inverses (kfac.lowrank) and the 'rsvd', 'brand', 'brand_rsvd' blocks, against dense
+float64 numpy: eigh of the same exponential average, dense solves of the damped Kronecker block."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kfac import lowrank
+from kfac.blocks import BlockOptions, LayerStatistics, make_block
+from kfac.blocks.lowrank import brand_rows_note
+from tests.kfac_oracles import fast_compilation, relative_error  # noqa: F401 (fixture)
+
+LOWRANK_KINDS = ('rsvd', 'brand', 'brand_rsvd')
+DAMPING = 0.05
+
+
+def reconstruct(eigen):
+  basis, values = np.asarray(eigen.basis, np.float64), np.asarray(eigen.values, np.float64)
+  return (basis * values) @ basis.T
+
+
+def row_batches(rng, dim, rows, count, scale=1.0):
+  """`count` batches of rows `[rows, dim]` (float32), with a few large directions."""
+  mix = rng.standard_normal((dim, dim)) * np.geomspace(1.0, 1e-2, dim)[None, :] * scale
+  return [np.asarray(rng.standard_normal((rows, dim)) @ mix.T / np.sqrt(rows), np.float32)
+          for _ in range(count)]
+
+
+def dense_average(batches, weights):
+  """The exponential average `F <- (1 - w) F + w X^T X` in float64."""
+  average = 0.0
+  for rows, weight in zip(batches, weights):
+    rows = np.asarray(rows, np.float64)
+    average = (1 - weight) * average + weight * rows.T @ rows
+  return average
+
+
+def ema_weights(count, decay=0.8):
+  return [max(1 - decay, 1 / (c + 1)) for c in range(count)]
+
+
+def dense_pi_solve(factor_a, factor_b, grad, damping):
+  """`(A + d_A I)^-1 G (B + d_B I)^-1`, `d_A = pi sqrt(damping)`, `d_B = sqrt(damping) / pi`."""
+  pi = np.sqrt((np.trace(factor_a) / len(factor_a)) / (np.trace(factor_b) / len(factor_b)))
+  left = np.linalg.solve(factor_a + pi * np.sqrt(damping) * np.eye(len(factor_a)), grad)
+  return np.linalg.solve(factor_b + np.sqrt(damping) / pi * np.eye(len(factor_b)), left.T).T
+
+
+def dense_exact_solve(factor_a, factor_b, grad, damping):
+  """`(A kron B + damping I)^-1 vec(G)`, row-major vec."""
+  block = np.kron(factor_a, factor_b) + damping * np.eye(grad.size)
+  return np.linalg.solve(block, grad.ravel()).reshape(grad.shape)
+
+
+# -- kfac.lowrank ------------------------------------------------------------------------------
+
+
+def test_randomized_eigh_recovers_a_low_rank_matrix():
+  rng = np.random.default_rng(0)
+  factor = rng.standard_normal((60, 6)) * np.array([5, 4, 3, 2, 1, 0.5])
+  matrix = factor @ factor.T
+  eigen = jax.jit(lowrank.randomized_eigh, static_argnums=(1, 3, 4))(
+      jnp.asarray(matrix, jnp.float32), 6, jax.random.PRNGKey(1), 4, 1)
+  assert eigen.basis.shape == (60, 6) and eigen.values.shape == (6,)
+  assert relative_error(reconstruct(eigen), matrix) < 1e-5
+  np.testing.assert_allclose(eigen.values, np.linalg.eigvalsh(matrix)[::-1][:6], rtol=1e-5)
+
+
+def test_randomized_eigh_truncates_to_the_top_eigenpairs():
+  rng = np.random.default_rng(1)
+  basis, _ = np.linalg.qr(rng.standard_normal((50, 50)))
+  spectrum = np.geomspace(10.0, 1e-4, 50)
+  matrix = (basis * spectrum) @ basis.T
+  eigen = lowrank.randomized_eigh(jnp.asarray(matrix, jnp.float32), 8, jax.random.PRNGKey(0),
+                                  oversampling=8, power_iterations=3)
+  np.testing.assert_allclose(eigen.values, spectrum[:8], rtol=1e-3)
+  best = (basis[:, :8] * spectrum[:8]) @ basis[:, :8].T
+  assert relative_error(reconstruct(eigen), best) < 1e-3
+
+
+def test_brand_update_equals_eigh_while_the_rank_fits():
+  rng = np.random.default_rng(2)
+  batches = row_batches(rng, dim=40, rows=3, count=5)  # total rank 15 <= r = 16
+  weights = ema_weights(len(batches))
+  update = jax.jit(lowrank.brand_update)
+  eigen = lowrank.empty_eigen(40, 16)
+  for rows, weight in zip(batches, weights):
+    eigen = update(eigen, jnp.asarray(rows), jnp.float32(weight))
+  average = dense_average(batches, weights)
+  top = np.linalg.eigvalsh(average)[::-1][:16]
+  np.testing.assert_allclose(eigen.values, top, atol=1e-5 * top[0])
+  assert np.abs(reconstruct(eigen) - average).max() < 1e-5 * top[0]
+  np.testing.assert_allclose(eigen.basis.T @ eigen.basis, np.eye(16), atol=1e-5)
+
+
+def test_brand_truncation_error_falls_as_the_rank_grows():
+  rng = np.random.default_rng(3)
+  batches = row_batches(rng, dim=48, rows=4, count=12)  # total rank 48
+  weights = ema_weights(len(batches))
+  average = dense_average(batches, weights)
+  update = jax.jit(lowrank.brand_update)
+  errors = []
+  for rank in (4, 8, 16, 32, 48):
+    eigen = lowrank.empty_eigen(48, rank)
+    for rows, weight in zip(batches, weights):
+      eigen = update(eigen, jnp.asarray(rows), jnp.float32(weight))
+    errors.append(relative_error(reconstruct(eigen), average))
+  assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+  assert errors[-1] < 1e-5, errors
+
+
+def test_brand_update_keeps_an_orthonormal_basis_with_rank_deficient_rows():
+  rng = np.random.default_rng(4)
+  inside = rng.standard_normal((2, 6)) @ rng.standard_normal((6, 30))
+  batches = [inside[:, :].astype(np.float32),  # rank 2, then rows repeating the same span,
+             np.concatenate([inside, inside]).astype(np.float32),  # then n + r > d
+             rng.standard_normal((28, 30)).astype(np.float32)]
+  weights = [1.0, 0.5, 0.5]
+  eigen = lowrank.empty_eigen(30, 8)
+  for rows, weight in zip(batches, weights):
+    eigen = lowrank.brand_update(eigen, jnp.asarray(rows), jnp.float32(weight))
+    np.testing.assert_allclose(eigen.basis.T @ eigen.basis, np.eye(8), atol=1e-5)
+  top = np.linalg.eigvalsh(dense_average(batches, weights))[::-1][:8]
+  assert np.all(np.asarray(eigen.values) <= top * (1 + 1e-5) + 1e-6)  # truncation only loses
+
+
+@pytest.mark.parametrize('rank', [3, 20])
+def test_damped_applies_equal_dense_solves(rank):
+  rng = np.random.default_rng(5)
+  factors = []
+  for dim in (7, 5):
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    values = np.where(np.arange(dim) < rank, rng.uniform(0.5, 3.0, dim), 0.0)
+    factors.append((basis, values))
+  (basis_a, values_a), (basis_b, values_b) = factors
+  eigen_a = lowrank.LowRankEigen(jnp.asarray(basis_a, jnp.float32), jnp.asarray(values_a, jnp.float32))
+  eigen_b = lowrank.LowRankEigen(jnp.asarray(basis_b, jnp.float32), jnp.asarray(values_b, jnp.float32))
+  factor_a, factor_b = (basis_a * values_a) @ basis_a.T, (basis_b * values_b) @ basis_b.T
+  grad = rng.standard_normal((7, 5))
+  exact = lowrank.exact_damped_apply(eigen_a, eigen_b, jnp.asarray(grad, jnp.float32), DAMPING)
+  np.testing.assert_allclose(exact, dense_exact_solve(factor_a, factor_b, grad, DAMPING),
+                             rtol=1e-4, atol=1e-4)
+  pi = lowrank.pi_damped_apply(eigen_a, eigen_b, jnp.asarray(grad, jnp.float32), 0.3, DAMPING / 0.3)
+  reference = np.linalg.solve(factor_a + 0.3 * np.eye(7), grad) @ np.linalg.inv(
+      factor_b + DAMPING / 0.3 * np.eye(5))
+  np.testing.assert_allclose(pi, reference, rtol=1e-4, atol=1e-4)
+
+
+# -- Blocks ------------------------------------------------------------------------------------
+
+
+def run_block(block, batches_a, batches_b, weights, inverse_every=1):
+  """Statistics on every step and inverses every `inverse_every` steps (always on the last)."""
+  state = block.init()
+  update, invert = jax.jit(block.update), jax.jit(block.invert)
+  for step, (rows_a, rows_b, weight) in enumerate(zip(batches_a, batches_b, weights)):
+    stats = block.statistics(LayerStatistics(jnp.asarray(rows_a), jnp.asarray(rows_b),
+                                             jnp.zeros(rows_a.shape[1])))
+    state = update(state, stats, jnp.float32(weight))
+    if step % inverse_every == 0 or step == len(weights) - 1:
+      state = invert(state, jnp.float32(DAMPING))
+  return state
+
+
+@pytest.mark.parametrize('damping_form', ['pi', 'exact'])
+@pytest.mark.parametrize('kind', LOWRANK_KINDS)
+def test_full_rank_blocks_equal_dense_solves(kind, damping_form):
+  rng = np.random.default_rng(6)
+  dim_a, dim_b = 9, 6
+  batches_a = row_batches(rng, dim_a, rows=4, count=6)
+  batches_b = row_batches(rng, dim_b, rows=4, count=6, scale=0.1)
+  weights = ema_weights(6)
+  options = BlockOptions(rank=16, oversampling=2, power_iterations=1, lowrank_damping=damping_form)
+  block = make_block(kind, dim_a, dim_b, options)
+  assert block.kind == kind
+  state = run_block(block, batches_a, batches_b, weights)
+  grad = rng.standard_normal((dim_a, dim_b))
+  got = jax.jit(block.apply)(state, jnp.asarray(grad, jnp.float32), jnp.float32(DAMPING))
+  solve = dense_pi_solve if damping_form == 'pi' else dense_exact_solve
+  expected = solve(dense_average(batches_a, weights), dense_average(batches_b, weights), grad,
+                   DAMPING)
+  assert relative_error(got, expected) < 1e-4
+
+
+def test_brand_block_keeps_no_square_matrix():
+  block = make_block('brand', 64, 32, BlockOptions(rank=8))
+  shapes = [leaf.shape for leaf in jax.tree_util.tree_leaves(block.init())]
+  assert (64, 8) in shapes and (32, 8) in shapes
+  assert not any(len(shape) == 2 and shape[0] == shape[1] for shape in shapes), shapes
+
+
+def test_brand_rsvd_inverse_cancels_the_truncation_drift():
+  rng = np.random.default_rng(7)
+  batches_a = row_batches(rng, 40, rows=6, count=10)
+  batches_b = row_batches(rng, 5, rows=6, count=10)
+  weights = ema_weights(10)
+  average = dense_average(batches_a, weights)
+  best = np.linalg.eigh(average)
+  best = (best[1][:, -6:] * best[0][-6:]) @ best[1][:, -6:].T
+  options = BlockOptions(rank=6, oversampling=10, power_iterations=3)
+  errors = {}
+  for kind in ('brand', 'brand_rsvd'):
+    state = run_block(make_block(kind, 40, 5, options), batches_a, batches_b, weights,
+                      inverse_every=100)
+    errors[kind] = relative_error(reconstruct(state.eigen_a), best)
+  assert errors['brand_rsvd'] < 1e-3 < errors['brand'], errors
+
+
+@pytest.mark.parametrize('kind', LOWRANK_KINDS)
+def test_blocks_jit_under_cond_gating(kind):
+  rng = np.random.default_rng(8)
+  block = make_block(kind, 12, 7, BlockOptions(rank=4))
+  stats = block.statistics(LayerStatistics(jnp.asarray(row_batches(rng, 12, 5, 1)[0]),
+                                           jnp.asarray(row_batches(rng, 7, 5, 1)[0]),
+                                           jnp.zeros(12)))
+
+  @jax.jit
+  def step(state, update_due, invert_due):
+    state = jax.lax.cond(update_due, lambda s: block.update(s, stats, jnp.float32(1.0)),
+                         lambda s: s, state)
+    return jax.lax.cond(invert_due, lambda s: block.invert(s, jnp.float32(DAMPING)),
+                        lambda s: s, state)
+
+  grad = jnp.asarray(rng.standard_normal((12, 7)), jnp.float32)
+  apply = jax.jit(block.apply)
+  skipped = apply(step(block.init(), False, False), grad, DAMPING)
+  np.testing.assert_allclose(skipped, grad / DAMPING, rtol=1e-6)
+  gated = apply(step(block.init(), True, True), grad, DAMPING)
+  direct = apply(jax.jit(block.invert)(jax.jit(block.update)(block.init(), stats, 1.0), DAMPING),
+                 grad, DAMPING)
+  assert relative_error(gated, direct) < 1e-5
+  assert relative_error(gated, grad / DAMPING) > 0.1
+
+
+def test_brand_rows_note_says_when_rows_outnumber_the_factor():
+  assert brand_rows_note(dim=1024, rank=64, rows=128) is None
+  assert '577' in brand_rows_note(dim=577, rank=64, rows=128 * 64)
+  assert brand_rows_note(dim=256, rank=64, rows=128) is not None
