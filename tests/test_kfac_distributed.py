@@ -1,0 +1,210 @@
+"""`kfac.distributed` on 4 forced host devices: the spread inverses equal the single-device ones,
+each device decomposes only its share, the one-collective statistics equal the global batch's.
+
+The device count is fixed when jax initialises, so the multi-device checks run in one subprocess
+(`DEVICE_SCRIPT`, about 15 s) whose JSON result the tests read. The assignment's balance is
+checked against a brute-force optimum in-process (no devices needed)."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kfac import distributed
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_DEVICES = 4
+SIZES = [5, 17, 33, 9, 64, 3, 40, 12, 2]  # Factor A sides; B is about half (mixed sizes).
+# Per-device examples (rows of x) and valid ones among them: uneven, one device without any.
+SHARD_EXAMPLES = 6
+VALID_PER_DEVICE = [6, 2, 0, 5]
+
+DEVICE_SCRIPT = r'''
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from kfac import distributed
+
+sizes, shard_examples, valid_per_device = json.loads(sys.argv[1])
+mesh = Mesh(jax.devices(), ('data',))
+rng = np.random.default_rng(0)
+
+def spd(n):
+  x = rng.standard_normal((n, n)).astype(np.float32)
+  return x @ x.T / n + 0.1 * np.eye(n, dtype=np.float32)
+
+layers = [f'layer{i}' for i in range(len(sizes))]
+states = {name: (spd(n), spd(max(2, n // 2))) for name, n in zip(layers, sizes)}
+calls = []
+
+def record(device, layer):
+  calls.append((int(device), int(layer)))
+
+def decompose(state, damping, index):  # Mixed result dtypes: the sharing must keep every bit.
+  decompositions = tuple(jnp.linalg.eigh(f + damping * jnp.eye(f.shape[0])) for f in state)
+  values = decompositions[0][0]
+  return {'eigh': decompositions, 'bf16': values.astype(jnp.bfloat16),
+          'count': jnp.int32(index + 7), 'finite': jnp.all(jnp.isfinite(values))}
+
+def make_invert(index):
+  def invert(state, damping):
+    jax.debug.callback(record, jax.lax.axis_index('data'), index)
+    return decompose(state, damping, index)
+  return invert
+
+invert_fns = {name: make_invert(i) for i, name in enumerate(layers)}
+replicated = jax.device_put(states, NamedSharding(mesh, P()))
+damping = jnp.float32(0.05)
+
+def spread_invert(states, damping):
+  return distributed.distributed_invert(invert_fns, states, mesh, 'data', damping)
+
+shapes = jax.eval_shape(spread_invert, replicated, damping)
+
+@jax.jit
+def gated(states, damping, due):  # As kfac.curvature calls it: behind a lax.cond.
+  return jax.lax.cond(due, lambda s: spread_invert(s, damping),
+                      lambda s: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                                       shapes), states)
+
+compiled = gated.lower(replicated, damping, True).compile()
+hlo = compiled.as_text()
+spread = jax.block_until_ready(compiled(replicated, damping, True))
+jax.effects_barrier()
+calls_spread = list(calls)
+
+one_device = jax.devices()[0]  # The single-device inverses: no shard_map, no mesh.
+reference = jax.jit(lambda s, d: {n: decompose(s[n], d, i) for i, n in enumerate(layers)})(
+    jax.device_put(states, one_device), damping)
+
+def max_error(get):
+  return max(float(np.max(np.abs(np.asarray(get(spread[n]), np.float64) -
+                                 np.asarray(get(reference[n]), np.float64)))) for n in layers)
+
+# Eigenvectors are defined up to sign: compare Q diag(w) Q^T and the eigenvalues.
+def rebuilt(side):
+  return lambda r: (r['eigh'][side][1] * r['eigh'][side][0]) @ r['eigh'][side][1].T
+
+# Statistics: means over each device's valid examples, reduced with one all-reduce.
+dim = 7
+x = rng.standard_normal((len(jax.devices()) * shard_examples, dim)).astype(np.float32)
+mask = np.zeros(len(x), np.float32)
+for device, valid in enumerate(valid_per_device):
+  mask[device * shard_examples: device * shard_examples + valid] = 1
+x[mask == 0] = np.nan  # Padding must not leak (0/0 on the device without valid examples).
+
+def shard_statistics(scale, batch):
+  rows, weights = batch
+  rows = jnp.where(weights[:, None] > 0, rows, 0.0)
+  n = jnp.sum(weights)
+  with_bias = jnp.concatenate([rows, weights[:, None]], axis=1)
+  return {'a': (scale * with_bias.T @ with_bias / n, jnp.sum(rows, 0) / n)}, n
+
+statistics_fn = jax.jit(distributed.sharded_mean_statistics(
+    shard_statistics, mesh, 'data', (P(), P('data'))))
+batch = jax.device_put((x, mask), NamedSharding(mesh, P('data')))
+compiled_statistics = statistics_fn.lower(jnp.float32(2.0), batch).compile()
+stats_hlo = compiled_statistics.as_text()
+stats, count = compiled_statistics(jnp.float32(2.0), batch)
+valid = x[mask > 0].astype(np.float64)
+valid_bias = np.concatenate([valid, np.ones((len(valid), 1))], axis=1)
+
+print(json.dumps({
+    'calls': sorted(calls_spread),
+    'assignment': distributed.assign_layers(
+        {n: distributed.layer_cost(states[n]) for n in layers}, len(jax.devices())),
+    'values_error': max(max_error(lambda r, s=s: r['eigh'][s][0]) for s in (0, 1)),
+    'rebuilt_error': max(max_error(rebuilt(s)) for s in (0, 1)),
+    'bf16_equal': all(bool(np.array_equal(spread[n]['bf16'], reference[n]['bf16']))
+                      for n in layers),
+    'counts': [int(spread[n]['count']) for n in layers],
+    'finite': [bool(spread[n]['finite']) for n in layers],
+    'inverse_all_reduces': hlo.count(' all-reduce('),
+    'statistics_all_reduces': stats_hlo.count(' all-reduce('),
+    'count': float(count),
+    'a_error': float(np.max(np.abs(stats['a'][0] - 2.0 * valid_bias.T @ valid_bias / len(valid)))),
+    'mean_error': float(np.max(np.abs(stats['a'][1] - valid.mean(0)))),
+    'replicated': bool(stats['a'][0].sharding.is_fully_replicated),
+}))
+'''
+
+
+@pytest.fixture(scope='module')
+def device_run():
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={NUM_DEVICES}',
+             JAX_PLATFORMS='cpu')
+  done = subprocess.run(
+      [sys.executable, '-c', DEVICE_SCRIPT,
+       json.dumps([SIZES, SHARD_EXAMPLES, VALID_PER_DEVICE])],
+      capture_output=True, text=True, cwd=REPOSITORY, env=env, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_spread_inverses_equal_single_device(device_run):
+  assert device_run['values_error'] < 1e-5
+  assert device_run['rebuilt_error'] < 1e-5
+  # Non-float results cross the all-reduce bit for bit.
+  assert device_run['bf16_equal']
+  assert device_run['counts'] == [index + 7 for index in range(len(SIZES))]
+  assert all(device_run['finite'])
+
+
+def test_each_device_decomposes_only_its_layers(device_run):
+  layers = [f'layer{i}' for i in range(len(SIZES))]
+  expected = sorted((device_run['assignment'][name], index) for index, name in enumerate(layers))
+  assert [tuple(call) for call in device_run['calls']] == expected
+  assert sorted(set(device_run['assignment'].values())) == list(range(NUM_DEVICES))
+
+
+def test_one_all_reduce_per_step(device_run):
+  assert device_run['inverse_all_reduces'] == 1
+  assert device_run['statistics_all_reduces'] == 1
+
+
+def test_statistics_equal_global_batch_with_uneven_valid_counts(device_run):
+  assert device_run['count'] == sum(VALID_PER_DEVICE)
+  assert device_run['a_error'] < 1e-5
+  assert device_run['mean_error'] < 1e-5
+  assert device_run['replicated']
+
+
+def brute_force_makespan(costs, num_devices):
+  """The optimal maximum device load over all `num_devices ** len(costs)` assignments."""
+  return min(max(np.bincount(choice, weights=costs, minlength=num_devices))
+             for choice in itertools.product(range(num_devices), repeat=len(costs)))
+
+
+@pytest.mark.parametrize('seed', range(6))
+@pytest.mark.parametrize('num_devices', [2, 3])
+def test_assignment_within_graham_bound_of_optimum(seed, num_devices):
+  sides = np.random.default_rng(seed).integers(2, 200, size=8)
+  costs = {f'layer{i}': float(side) ** 3 for i, side in enumerate(sides)}
+  assignment = distributed.assign_layers(costs, num_devices)
+  assert set(assignment) == set(costs)
+  makespan = max(distributed.device_loads(assignment, costs, num_devices))
+  optimum = brute_force_makespan(list(costs.values()), num_devices)
+  assert optimum <= makespan <= (4 / 3 - 1 / (3 * num_devices)) * optimum + 1e-6
+
+
+def test_assignment_examples():
+  # LPT by hand: 8 -> d0, 7 -> d1, 6 -> d1 (13), 5 -> d0 (13), 4 -> d0 (tie: lowest index).
+  # Loads 17 and 13 where 15 and 15 is optimal (8 + 7 | 6 + 5 + 4): greedy, within 7/6.
+  costs = {'a': 4.0, 'b': 8.0, 'c': 5.0, 'd': 7.0, 'e': 6.0}
+  assignment = distributed.assign_layers(costs, 2)
+  assert assignment == {'a': 0, 'b': 0, 'c': 0, 'd': 1, 'e': 1}
+  assert list(assignment) == list(costs)
+  assert distributed.device_loads(assignment, costs, 2) == [17.0, 13.0]
+  assert distributed.assign_layers(costs, 1) == dict.fromkeys(costs, 0)
+  assert set(distributed.assign_layers({'a': 1.0}, 4).values()) == {0}
+  with pytest.raises(ValueError, match='num_devices'):
+    distributed.assign_layers(costs, 0)
+
+
+def test_layer_cost_is_cubic_in_square_sides():
+  state = (np.zeros((3, 3)), np.zeros((2, 5, 5)), np.zeros(9), np.zeros((4, 6)))
+  assert distributed.layer_cost(state) == 27 + 2 * 125
