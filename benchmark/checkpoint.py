@@ -1,0 +1,299 @@
+"""Mid-trial checkpoints (orbax-checkpoint), a resumable input queue and a tear-free CSV writer.
+
+A checkpoint is a folder `<directory>/ckpt_<seq>` written by orbax into a temporary folder
+(`ckpt_<seq>.orbax-checkpoint-tmp-*`) and renamed when complete, so a kill leaves either the
+whole checkpoint or a temporary folder that `latest()` removes. Every array carries a CRC32 in
+the metadata: a truncated or garbled file is found at restore, reported in one line, moved
+aside (`ckpt_<seq>.corrupt`) and the previous checkpoint is used.
+
+State trees and their non-array leaves. A submission's optimiser state is any pytree; upstream
+JAX submissions return `(opt_state, update_fn)`, ours a `TrainState` with a jitted step that may
+be None until the first batch. A tree is saved as its pickled `PyTreeDef` (so the saved
+structure is rebuilt, whatever the template looks like), its array leaves (orbax) and its Python
+scalars (JSON). Every other leaf (a function, an object) is not saved. At restore, the
+non-array leaf at key path `p` (`jax.tree_util.keystr`) is the template's leaf at `p` when the
+template (a fresh `init_optimizer_state`) has a non-array leaf there, else None. Node types must
+be importable (module-level NamedTuples, dicts, tuples, lists, registered pytree classes).
+
+`save` returns its seconds: the runner books them to a `checkpoint` bucket of the time split.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import errno
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import time
+import zlib
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from contract.errors import BenchmarkError
+
+_NAME = re.compile(r'^ckpt_(\d{8})$')
+_TMP_MARK = '.orbax-checkpoint-tmp'
+
+
+class TrialCheckpoint(NamedTuple):
+  """Everything a trial needs to continue: `time_accounting` (seconds per bucket and the
+  accumulated times), `status` (JSON-able status fields), `csv_rows_before` (rows of
+  `eval_measurements.csv` written before this checkpoint) and `csv_row` (this evaluation's row,
+  written right after the checkpoint, rewritten from here on resume; None between evaluations).
+  """
+  params: Any
+  optimizer_state: Any
+  model_state: Any
+  rng: Any
+  global_step: int
+  batches_drawn: int
+  time_accounting: Dict[str, float]
+  preemption_count: int
+  status: Dict[str, Any]
+  csv_rows_before: int = 0
+  csv_row: Optional[Dict[str, Any]] = None
+
+
+_TREES = ('params', 'optimizer_state', 'model_state', 'rng')
+
+
+def _encode_tree(tree: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """Splits a pytree into host arrays (keyed by leaf index) and a JSON-able description."""
+  path_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  arrays, leaves = {}, []
+  for i, (path, leaf) in enumerate(path_leaves):
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      kind, value = 'key:' + str(jax.random.key_impl(leaf)), jax.random.key_data(leaf)
+    elif isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+      kind, value = ('jax' if isinstance(leaf, jax.Array) else 'numpy'), leaf
+    elif isinstance(leaf, (bool, int, float, str)):
+      leaves.append(['scalar', leaf])
+      continue
+    else:
+      leaves.append(['opaque', jax.tree_util.keystr(path), type(leaf).__name__])
+      continue
+    arrays[str(i)] = np.asarray(jax.device_get(value))
+    leaves.append([kind, zlib.crc32(np.ascontiguousarray(arrays[str(i)]).view(np.uint8))])
+  try:
+    structure = base64.b64encode(pickle.dumps(treedef)).decode('ascii')
+  except (pickle.PicklingError, AttributeError, TypeError) as e:
+    raise BenchmarkError(f'cannot checkpoint a tree of structure {treedef}: {e} '
+                         '(pytree node types must be importable module-level classes)') from e
+  return arrays, {'treedef': structure, 'leaves': leaves}
+
+
+def _decode_tree(arrays: Dict[str, np.ndarray], description: Dict[str, Any],
+                 template: Any = None) -> Any:
+  """Rebuilds `_encode_tree`'s tree; non-array leaves come from `template` by key path."""
+  try:
+    treedef = pickle.loads(base64.b64decode(description['treedef']))
+  except (ImportError, AttributeError) as e:
+    raise BenchmarkError(f'a checkpointed state has a pytree node type that cannot be imported '
+                         f'here ({type(e).__name__}: {e}); load the same code to resume') from e
+  template_leaves = {jax.tree_util.keystr(p): x
+                     for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}
+  leaves = []
+  for i, (kind, *info) in enumerate(description['leaves']):
+    if kind == 'scalar':
+      leaves.append(info[0])
+    elif kind == 'opaque':
+      fresh = template_leaves.get(info[0])
+      leaves.append(None if isinstance(fresh, (jax.Array, np.ndarray)) else fresh)
+    else:
+      value = np.asarray(arrays[str(i)])
+      if zlib.crc32(np.ascontiguousarray(value).view(np.uint8)) != info[0]:
+        raise ValueError(f'checksum mismatch in array leaf {i}')
+      if kind.startswith('key:'):
+        value = jax.random.wrap_key_data(value, impl=kind[4:])
+      leaves.append(jax.numpy.asarray(value) if kind == 'jax' else value)
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+class Checkpointer:
+  """Atomic trial checkpoints in one folder, keeping the newest `keep`."""
+
+  def __init__(self, directory: str, keep: int = 2, log: Callable[[str], None] = print) -> None:
+    if keep < 1:
+      raise BenchmarkError(f'keep must be at least 1, got {keep}')
+    self.directory, self.keep, self.log = os.path.abspath(directory), keep, log
+    self._orbax = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+  def _listdir(self) -> List[str]:
+    return os.listdir(self.directory) if os.path.isdir(self.directory) else []
+
+  def names(self) -> List[str]:
+    """The complete checkpoints' folder names, oldest first."""
+    return sorted(n for n in self._listdir() if _NAME.match(n))
+
+  def save(self, checkpoint: TrialCheckpoint) -> float:
+    """Writes `checkpoint` atomically, drops all but the newest `keep`; returns the seconds.
+
+    Raises BenchmarkError when the write fails (a full disk says so); the half-written folder
+    is removed and earlier checkpoints are untouched.
+    """
+    start = time.perf_counter()
+    seq = 1 + max((int(n[5:13]) for n in self._listdir() if _NAME.match(n[:13])), default=-1)
+    path = os.path.join(self.directory, f'ckpt_{seq:08d}')
+    arrays, meta = {}, {k: v for k, v in checkpoint._asdict().items() if k not in _TREES}
+    for name in _TREES:
+      tree_arrays, meta[name] = _encode_tree(getattr(checkpoint, name))
+      arrays.update({f'{name}_{i}': a for i, a in tree_arrays.items()})
+    try:
+      os.makedirs(self.directory, exist_ok=True)
+      self._orbax.save(path, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                                meta=ocp.args.JsonSave(meta)))
+    except Exception as e:
+      self._remove_temporaries(f'ckpt_{seq:08d}')
+      why = 'the disk is full' if _is_disk_full(e) else f'{type(e).__name__}: {e}'
+      raise BenchmarkError(f'checkpoint {path} could not be written ({why}); the trial stops, '
+                           f'earlier checkpoints and measurements are kept') from e
+    for old in self.names()[:-self.keep]:
+      doomed = os.path.join(self.directory, old + '.deleting')
+      os.rename(os.path.join(self.directory, old), doomed)
+      shutil.rmtree(doomed)
+    return time.perf_counter() - start
+
+  def latest(self, optimizer_template: Any = None) -> Optional[TrialCheckpoint]:
+    """The newest checkpoint that restores, or None when there is none.
+
+    Half-written folders (a killed write) are removed; an unreadable checkpoint is reported in
+    one line, renamed `<name>.corrupt` and the previous one is tried. Non-array leaves of the
+    optimiser state come from `optimizer_template` (see the module docstring).
+    """
+    self._remove_temporaries('', announce=True)
+    for name in reversed(self.names()):
+      path = os.path.join(self.directory, name)
+      try:
+        return self._restore(path, optimizer_template)
+      except BenchmarkError:
+        raise
+      except Exception as e:  # Any failure to read means the checkpoint cannot be trusted.
+        reason = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
+        self.log(f'checkpoint {path} is unreadable ({reason}); moved to {name}.corrupt, '
+                 f'falling back to the previous checkpoint')
+        os.rename(path, path + '.corrupt')
+    return None
+
+  def _restore(self, path: str, optimizer_template: Any) -> TrialCheckpoint:
+    restored = self._orbax.restore(path, ocp.args.Composite(arrays=ocp.args.StandardRestore(),
+                                                            meta=ocp.args.JsonRestore()))
+    meta, arrays = restored['meta'], restored['arrays']
+    fields = {k: v for k, v in meta.items() if k not in _TREES}
+    for name in _TREES:
+      prefix = name + '_'
+      tree_arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+      template = optimizer_template if name == 'optimizer_state' else None
+      fields[name] = _decode_tree(tree_arrays, meta[name], template)
+    return TrialCheckpoint(**fields)
+
+  def _remove_temporaries(self, prefix: str, announce: bool = False) -> None:
+    for name in self._listdir():
+      if name.startswith(prefix) and (_TMP_MARK in name or name.endswith('.deleting')):
+        if announce and _TMP_MARK in name:
+          self.log(f'checkpoint {os.path.join(self.directory, name)} is half-written (its '
+                   f'write was interrupted); removed')
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+class ResumableQueue:
+  """An input queue that counts the batches drawn from it, resumable by replay.
+
+  `ResumableQueue(build, skip)` calls `build()` (which must rebuild the same deterministic
+  queue, e.g. `workload.build_input_queue` with the trial's data rng) and draws and drops `skip`
+  batches, so the next batch is the one an uninterrupted trial would see. Cost: the input
+  pipeline is replayed, `skip` batches built and thrown away (no model work); on the small
+  configs that is well under the cost of the steps being resumed.
+  """
+
+  def __init__(self, build: Callable[[], Iterator[Any]], skip: int = 0) -> None:
+    self._queue, self.batches_drawn = iter(build()), 0
+    for _ in range(skip):
+      next(self)
+
+  def __iter__(self) -> 'ResumableQueue':
+    return self
+
+  def __next__(self) -> Any:
+    batch = next(self._queue)
+    self.batches_drawn += 1
+    return batch
+
+
+class MeasurementsWriter:
+  """Appends one CSV row per evaluation, each fsync'ed; `resume` repairs the file after a kill.
+
+  Columns: `fixed_columns`, then the first row's other keys sorted, then `hyperparameters`
+  (the trial's hyperparameters as JSON). `rows` counts the data rows on disk.
+  """
+
+  def __init__(self, path: str, hyperparameters: Dict[str, Any],
+               fixed_columns: Sequence[str]) -> None:
+    self.path, self.fixed_columns, self.rows = path, list(fixed_columns), 0
+    self.hparams_json = json.dumps(hyperparameters, sort_keys=True)
+    self.columns: Optional[List[str]] = None
+
+  def write(self, row: Dict[str, Any]) -> None:
+    """Appends `row` (a dict of column values) and waits until it is on disk."""
+    new_file = self.columns is None
+    if new_file:
+      extra = sorted(k for k in row if k not in self.fixed_columns)
+      self.columns = self.fixed_columns + extra + ['hyperparameters']
+    values = dict(row, hyperparameters=self.hparams_json)
+    line = [values.get(c, '') for c in self.columns]
+    self._append([self.columns, line] if new_file else [line], truncate=new_file)
+    self.rows += 1
+
+  def resume(self, rows_before: int, pending_row: Optional[Dict[str, Any]] = None) -> None:
+    """Cuts the file back to its header and first `rows_before` complete rows (dropping rows of
+    evaluations after the checkpoint and any torn row), then appends `pending_row`."""
+    lines = []
+    if os.path.isfile(self.path):
+      with open(self.path, 'rb') as f:
+        lines = f.read().split(b'\n')[:-1]  # The last piece has no newline: torn or empty.
+    if rows_before > max(len(lines) - 1, 0):
+      raise BenchmarkError(f'{self.path} has {max(len(lines) - 1, 0)} complete rows but the '
+                           f'checkpoint follows {rows_before}: the measurements were lost')
+    self.columns, self.rows = None, rows_before
+    if lines and rows_before > 0:
+      self.columns = next(csv.reader([lines[0].decode('utf-8')]))
+      with open(self.path, 'r+b') as f:  # One truncate: a kill leaves the old or new length.
+        f.truncate(sum(len(line) + 1 for line in lines[:rows_before + 1]))
+        os.fsync(f.fileno())
+    elif os.path.exists(self.path):
+      os.remove(self.path)
+    if pending_row is not None:
+      self.write(pending_row)
+
+  def _append(self, rows: List[List[Any]], truncate: bool) -> None:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND))
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+      data = text.getvalue().encode('utf-8')
+      while data:
+        data = data[os.write(fd, data):]
+      os.fsync(fd)
+    except OSError as e:
+      os.ftruncate(fd, start)  # No torn row stays behind.
+      why = 'the disk is full' if _is_disk_full(e) else str(e)
+      raise BenchmarkError(f'{self.path} could not be written ({why}); the trial stops, '
+                           f'the rows written before are kept') from e
+    finally:
+      os.close(fd)

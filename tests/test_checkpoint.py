@@ -1,0 +1,305 @@
+"""Trial checkpoints: round trips, non-array leaves, kill -9 during writes, corruption, full disk.
+
+Saved values are functions of the checkpoint's step (`_state(step)`), so every restore is checked
+against a recomputation, not against what the checkpointer itself returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from etils import epath
+
+from benchmark import checkpoint
+from contract.errors import BenchmarkError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXED = ('global_step', 'accumulated_submission_time')
+
+
+class FunctionState(NamedTuple):
+  """A submission state holding a jitted step next to its arrays."""
+  opt_state: Any
+  step_fn: Optional[Callable]
+  count: int
+
+
+def _step_fn(x):
+  return x + 1
+
+
+def _params(step: int):
+  return {'dense': {'kernel': jnp.full((4, 3), float(step)), 'bias': jnp.arange(3.0) + step}}
+
+
+def _state(step: int, opt_state=None) -> checkpoint.TrialCheckpoint:
+  params = _params(step)
+  if opt_state is None:
+    opt_state = FunctionState(optax.sgd(0.1, momentum=0.9).init(params), jax.jit(_step_fn), step)
+  return checkpoint.TrialCheckpoint(
+      params=params, optimizer_state=opt_state,
+      model_state={'batch_stats': np.full((2,), step, np.float32)},
+      rng=jax.random.PRNGKey(step), global_step=step, batches_drawn=2 * step,
+      time_accounting={'steps/plain': 0.5 * step, 'checkpoint': 0.25}, preemption_count=step % 3,
+      status={'best_metric': None if step == 0 else 1.0 / step, 'phase_steps': {'plain': step}},
+      csv_rows_before=step, csv_row=_row(step))
+
+
+def _row(step: int):
+  return {'global_step': step, 'accumulated_submission_time': 0.5 * step,
+          'validation/score': step / 100}
+
+
+def _assert_state(restored: checkpoint.TrialCheckpoint, step: int) -> None:
+  np.testing.assert_array_equal(restored.params['dense']['kernel'], np.full((4, 3), float(step)))
+  np.testing.assert_array_equal(restored.params['dense']['bias'], np.arange(3.0) + step)
+  np.testing.assert_array_equal(restored.model_state['batch_stats'], np.full((2,), step))
+  np.testing.assert_array_equal(restored.rng, np.asarray(jax.random.PRNGKey(step)))
+  assert (restored.global_step, restored.batches_drawn, restored.preemption_count) == (
+      step, 2 * step, step % 3)
+  assert restored.time_accounting == {'steps/plain': 0.5 * step, 'checkpoint': 0.25}
+  assert restored.status['phase_steps'] == {'plain': step}
+  assert restored.csv_rows_before == step and restored.csv_row == _row(step)
+
+
+def test_round_trip_restores_every_field_and_keeps_the_last_k(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  for step in range(4):
+    assert ckpt.save(_state(step)) > 0
+  assert len(ckpt.names()) == 2
+  template = FunctionState(None, jax.jit(_step_fn), 0)
+  restored = ckpt.latest(template)
+  _assert_state(restored, 3)
+  assert isinstance(restored.params['dense']['kernel'], jax.Array)
+  assert isinstance(restored.model_state['batch_stats'], np.ndarray)
+  assert restored.optimizer_state.step_fn is template.step_fn and restored.optimizer_state.count == 3
+  trace = restored.optimizer_state.opt_state[0].trace
+  np.testing.assert_array_equal(trace['dense']['kernel'], np.zeros((4, 3)))
+
+
+def test_upstream_tuple_state_takes_the_update_fn_from_the_template(tmp_path):
+  params = _params(1)
+  optimizer = optax.adam(1e-3)
+  opt_state = optimizer.init(params)
+  _, opt_state = (None, optimizer.update(jax.tree_util.tree_map(jnp.ones_like, params),
+                                         opt_state, params)[1])
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(_state(1, opt_state=(opt_state, jax.jit(_step_fn))))
+  fresh_update = jax.jit(lambda x: 2 * x)
+  restored, update_fn = ckpt.latest((optimizer.init(params), fresh_update)).optimizer_state
+  assert update_fn is fresh_update
+  assert int(restored[0].count) == 1
+  np.testing.assert_allclose(restored[0].mu['dense']['kernel'], 0.1 * np.ones((4, 3)))
+
+
+def test_lazier_template_keeps_the_saved_structure_and_leaves_missing_functions_none(tmp_path):
+  saved = FunctionState({'factors': [jnp.eye(3), jnp.eye(2) * 2], 'fn': jax.jit(_step_fn)},
+                        jax.jit(_step_fn), 5)
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(_state(2, opt_state=saved))
+  restored = ckpt.latest(FunctionState(None, None, 0)).optimizer_state
+  np.testing.assert_array_equal(restored.opt_state['factors'][1], 2 * np.eye(2))
+  assert restored.opt_state['fn'] is None and restored.step_fn is None and restored.count == 5
+
+
+def test_typed_prng_keys_round_trip(tmp_path):
+  key = jax.random.key(7)
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(_state(0)._replace(rng=key))
+  restored = ckpt.latest().rng
+  np.testing.assert_array_equal(jax.random.key_data(restored), jax.random.key_data(key))
+  np.testing.assert_array_equal(jax.random.uniform(restored, (3,)), jax.random.uniform(key, (3,)))
+
+
+def _largest_file(directory: str) -> str:
+  files = [os.path.join(root, f) for root, _, names in os.walk(directory) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(path: str) -> None:
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _garble(path: str) -> None:
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    f.seek(size // 2)
+    f.write(bytes(255 - b for b in open(path, 'rb').read()[size // 2:size // 2 + 16]))
+
+
+def _garble_meta(directory: str) -> None:
+  with open(os.path.join(directory, 'meta', 'metadata'), 'w') as f:
+    f.write('{"global_step": 3, "params": ')
+
+
+@pytest.mark.parametrize('damage', [lambda d: _truncate(_largest_file(d)),
+                                    lambda d: _garble(_largest_file(d)), _garble_meta],
+                         ids=['truncated_array_file', 'garbled_array_file', 'torn_metadata'])
+def test_corrupt_checkpoint_gives_one_line_and_falls_back(tmp_path, damage):
+  messages = []
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3, log=messages.append)
+  for step in range(3):
+    ckpt.save(_state(step))
+  damage(os.path.join(str(tmp_path), ckpt.names()[-1]))
+  _assert_state(ckpt.latest(FunctionState(None, None, 0)), 1)
+  assert len(messages) == 1 and '\n' not in messages[0]
+  assert 'unreadable' in messages[0] and 'falling back' in messages[0]
+  assert ckpt.names() == ['ckpt_00000000', 'ckpt_00000001']
+
+
+def test_full_disk_raises_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(_state(0))
+  ckpt.save(_state(1))
+  before = sorted(os.listdir(str(tmp_path)))
+
+  def full_disk(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+  monkeypatch.setattr(type(epath.Path('/')), 'write_text', full_disk)
+  with pytest.raises(BenchmarkError, match='disk is full'):
+    ckpt.save(_state(2))
+  monkeypatch.undo()
+  assert sorted(os.listdir(str(tmp_path))) == before
+  _assert_state(ckpt.latest(FunctionState(None, None, 0)), 1)
+
+
+def _read_rows(path: str):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def test_csv_resume_drops_torn_and_later_rows_and_rewrites_the_checkpoint_row(tmp_path):
+  path = str(tmp_path / 'eval_measurements.csv')
+  writer = checkpoint.MeasurementsWriter(path, {'learning_rate': 0.1}, FIXED)
+  for step in range(4):
+    writer.write(_row(step))
+  with open(path, 'a') as f:
+    f.write('4,2.0,0.0')  # A row torn by a kill.
+  resumed = checkpoint.MeasurementsWriter(path, {'learning_rate': 0.1}, FIXED)
+  resumed.resume(rows_before=2, pending_row=_row(2))
+  resumed.write(_row(3))
+  rows = _read_rows(path)
+  assert [int(r['global_step']) for r in rows] == [0, 1, 2, 3] and resumed.rows == 4
+  assert rows[2] == {'global_step': '2', 'accumulated_submission_time': '1.0',
+                     'validation/score': '0.02', 'hyperparameters': '{"learning_rate": 0.1}'}
+
+
+def test_csv_full_disk_keeps_earlier_rows_and_leaves_no_torn_row(tmp_path, monkeypatch):
+  path = str(tmp_path / 'eval_measurements.csv')
+  writer = checkpoint.MeasurementsWriter(path, {}, FIXED)
+  writer.write(_row(0))
+
+  def full_disk(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, 'fsync', full_disk)
+  with pytest.raises(BenchmarkError, match='disk is full'):
+    writer.write(_row(1))
+  monkeypatch.undo()
+  assert [r['global_step'] for r in _read_rows(path)] == ['0']
+
+
+def test_resumable_queue_continues_where_the_first_one_stopped():
+  def build():
+    rng = np.random.RandomState(3)
+    while True:
+      yield rng.randint(0, 1000, size=4)
+
+  first = checkpoint.ResumableQueue(build)
+  drawn = [next(first) for _ in range(7)]
+  resumed = checkpoint.ResumableQueue(build, skip=first.batches_drawn)
+  assert resumed.batches_drawn == 7
+  reference = build()
+  expected = [next(reference) for _ in range(10)]
+  np.testing.assert_array_equal(np.stack(drawn), np.stack(expected[:7]))
+  np.testing.assert_array_equal(np.stack([next(resumed) for _ in range(3)]), np.stack(expected[7:]))
+
+
+# A trial-like writer: checkpoint at every "evaluation", then its CSV row, as the runner does.
+_CHILD = textwrap.dedent('''
+    import os, sys, time
+    sys.path.insert(0, {repo!r})
+    from benchmark import checkpoint
+    from tests import test_checkpoint as t
+    ckpt = checkpoint.Checkpointer({directory!r}, keep=2)
+    writer = checkpoint.MeasurementsWriter({csv!r}, {{}}, t.FIXED)
+    last = ckpt.latest()
+    step, ready = 0, False
+    if last is not None:
+      writer.resume(last.csv_rows_before, last.csv_row)
+      step = last.global_step + 1
+    while True:
+      ckpt.save(t._state(step))
+      writer.write(t._row(step))
+      step += 1
+      if not ready:
+        ready = True
+        print('ready', flush=True)
+        if {slow_write}:  # Every later checkpoint write hangs before its metadata.
+          from etils import epath
+          type(epath.Path('/')).write_text = lambda *a, **k: time.sleep(600)
+''')
+
+
+def _kill_and_check(tmp_path, kills: int, slow_write: bool = False, seed: int = 0) -> int:
+  """Kills the child `kills` times; after each kill the folder restores its newest complete
+  checkpoint and the repaired CSV holds exactly the rows up to it. Returns the kills that hit a
+  checkpoint write (a temporary folder was left)."""
+  rng = random.Random(seed)
+  directory, path = str(tmp_path / 'ckpt'), str(tmp_path / 'eval_measurements.csv')
+  script = tmp_path / 'child.py'
+  script.write_text(_CHILD.format(repo=REPO, directory=directory, csv=path, slow_write=slow_write))
+  mid_write = 0
+  for _ in range(kills):
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert child.stdout.readline().strip() == 'ready'
+    if slow_write:
+      while not any(checkpoint._TMP_MARK in n for n in os.listdir(directory)):
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.3) if not slow_write else 0.0)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    mid_write += any(checkpoint._TMP_MARK in n for n in os.listdir(directory))
+    messages = []
+    last = checkpoint.Checkpointer(directory, log=messages.append).latest()
+    if last is None:
+      assert not os.path.exists(path) or len(_read_rows(path)) <= 1
+      continue
+    _assert_state(last, last.global_step)
+    assert not any('unreadable' in m for m in messages)
+    checkpoint.MeasurementsWriter(path, {}, FIXED).resume(last.csv_rows_before, last.csv_row)
+    assert _read_rows(path) == [{k: str(v) for k, v in dict(_row(s), hyperparameters='{}').items()}
+                                for s in range(last.global_step + 1)]
+  return mid_write
+
+
+def test_kill_during_checkpoint_write_restores_the_previous_checkpoint(tmp_path):
+  assert _kill_and_check(tmp_path, kills=1, slow_write=True) == 1
+  # The child's first write completed, its second hung: step 0 is the newest complete one.
+  assert checkpoint.Checkpointer(str(tmp_path / 'ckpt')).latest().global_step == 0
+
+
+def test_kill_at_random_moments_always_restores_the_last_complete_checkpoint(tmp_path):
+  _kill_and_check(tmp_path, kills=2, seed=1)
+
+
+@pytest.mark.slow
+def test_many_kills_at_random_moments(tmp_path):
+  assert _kill_and_check(tmp_path, kills=25, seed=2) > 0
