@@ -1,6 +1,11 @@
 """Low-rank inverses (kfac.lowrank) and the 'rsvd', 'brand', 'brand_rsvd' blocks, against dense
 float64 numpy: eigh of the same exponential average, dense solves of the damped Kronecker block."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,23 +132,22 @@ def test_brand_update_keeps_an_orthonormal_basis_with_rank_deficient_rows():
 
 @pytest.mark.parametrize('rank', [3, 20])
 def test_damped_applies_equal_dense_solves(rank):
+  """Factors of rank `min(rank, d)` stored as `[d, rank]` bases: the complement of the basis
+  gets `1 / damping`."""
   rng = np.random.default_rng(5)
-  factors = []
+  eigens, factors = [], []
   for dim in (7, 5):
-    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    values = np.where(np.arange(dim) < rank, rng.uniform(0.5, 3.0, dim), 0.0)
-    factors.append((basis, values))
-  (basis_a, values_a), (basis_b, values_b) = factors
-  eigen_a = lowrank.LowRankEigen(jnp.asarray(basis_a, jnp.float32), jnp.asarray(values_a, jnp.float32))
-  eigen_b = lowrank.LowRankEigen(jnp.asarray(basis_b, jnp.float32), jnp.asarray(values_b, jnp.float32))
-  factor_a, factor_b = (basis_a * values_a) @ basis_a.T, (basis_b * values_b) @ basis_b.T
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0][:, :min(rank, dim)]
+    values = rng.uniform(0.5, 3.0, basis.shape[1])
+    eigens.append(lowrank.LowRankEigen(*(jnp.asarray(x, jnp.float32) for x in (basis, values))))
+    factors.append((basis * values) @ basis.T)
   grad = rng.standard_normal((7, 5))
-  exact = lowrank.exact_damped_apply(eigen_a, eigen_b, jnp.asarray(grad, jnp.float32), DAMPING)
-  np.testing.assert_allclose(exact, dense_exact_solve(factor_a, factor_b, grad, DAMPING),
-                             rtol=1e-4, atol=1e-4)
-  pi = lowrank.pi_damped_apply(eigen_a, eigen_b, jnp.asarray(grad, jnp.float32), 0.3, DAMPING / 0.3)
-  reference = np.linalg.solve(factor_a + 0.3 * np.eye(7), grad) @ np.linalg.inv(
-      factor_b + DAMPING / 0.3 * np.eye(5))
+  exact = lowrank.exact_damped_apply(*eigens, jnp.asarray(grad, jnp.float32), DAMPING)
+  np.testing.assert_allclose(exact, dense_exact_solve(*factors, grad, DAMPING), rtol=1e-4,
+                             atol=1e-4)
+  pi = lowrank.pi_damped_apply(*eigens, jnp.asarray(grad, jnp.float32), 0.3, DAMPING / 0.3)
+  reference = np.linalg.solve(factors[0] + 0.3 * np.eye(7), grad) @ np.linalg.inv(
+      factors[1] + DAMPING / 0.3 * np.eye(5))
   np.testing.assert_allclose(pi, reference, rtol=1e-4, atol=1e-4)
 
 
@@ -237,3 +241,21 @@ def test_brand_rows_note_says_when_rows_outnumber_the_factor():
   assert brand_rows_note(dim=1024, rank=64, rows=128) is None
   assert '577' in brand_rows_note(dim=577, rank=64, rows=128 * 64)
   assert brand_rows_note(dim=256, rank=64, rows=128) is not None
+
+
+def test_bench_inverses_quick_prints_json_rows_last(tmp_path):
+  repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  completed = subprocess.run(
+      [sys.executable, os.path.join(repository, 'scripts', 'bench_inverses.py'), '--quick',
+       f'--output_dir={tmp_path}'], cwd=repository, capture_output=True, text=True, timeout=600,
+      check=True)
+  rows = json.loads(completed.stdout.strip().splitlines()[-1])
+  methods = {row['method'] for row in rows}
+  assert methods == {'eigh', 'cholesky', 'rsvd', 'brand'}
+  for row in rows:
+    assert {'method', 'd', 'rank', 'rows', 'seconds'} <= set(row)
+    assert row['seconds'] > 0 and row['d'] > 0 and row['rows'] > 0
+    assert (row['rank'] is None) == (row['method'] in ('eigh', 'cholesky'))
+  assert len({row['d'] for row in rows}) >= 2
+  assert (tmp_path / 'bench_inverses.md').read_text().startswith('# Inverse schemes')
+  assert (tmp_path / 'bench_inverses.png').stat().st_size > 0
