@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import keyword
 import math
 import os
 from typing import Any, Dict, List, Mapping, NamedTuple, Sequence, Tuple, Union
@@ -56,6 +57,8 @@ def parse_search_space(raw: Any, source: str = 'search space') -> SearchSpace:
     for i, point in enumerate(raw):
       if not isinstance(point, dict) or not point:
         raise BenchmarkError(f'{source}: point {i} must be a non-empty JSON object')
+      for name in point:
+        _check_name(name, source)
     return [dict(p) for p in raw]
   if not isinstance(raw, dict):
     raise BenchmarkError(f'{source}: must be a JSON object of hyperparameters or a list of points, '
@@ -65,7 +68,25 @@ def parse_search_space(raw: Any, source: str = 'search space') -> SearchSpace:
   return {name: _parse_param(name, spec, source) for name, spec in raw.items()}
 
 
+def _check_name(name: str, source: str) -> None:
+  """A hyperparameter name must be usable as an attribute (`make_hyperparameters`)."""
+  if not name.isidentifier() or keyword.iskeyword(name) or name.startswith('_'):
+    raise BenchmarkError(f'{source}: hyperparameter name {name!r} must be a Python identifier '
+                         'not starting with "_"')
+
+
+def _is_finite_number(value: Any) -> bool:
+  """An int or float (not a bool) that a float holds finitely (JSON integers are unbounded)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  try:
+    return math.isfinite(value)
+  except OverflowError:
+    return False
+
+
 def _parse_param(name: str, spec: Any, source: str) -> ParamSpec:
+  _check_name(name, source)
   where = f'{source}: hyperparameter {name!r}'
   if not isinstance(spec, dict):
     raise BenchmarkError(f'{where} must be an object with "feasible_points" or "min"/"max"/"scaling"')
@@ -85,7 +106,7 @@ def _parse_param(name: str, spec: Any, source: str) -> ParamSpec:
     raise BenchmarkError(f'{where}: unexpected key(s) {sorted(extra)}')
   lo, hi, scaling = spec['min'], spec['max'], spec['scaling']
   for key, value in (('min', lo), ('max', hi)):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _is_finite_number(value):
       raise BenchmarkError(f'{where}: "{key}" must be a finite number, got {value!r}')
   if scaling not in SCALINGS:
     raise BenchmarkError(f'{where}: unknown scaling {scaling!r}; use one of {", ".join(SCALINGS)}')
@@ -103,7 +124,7 @@ def load_search_space(path: str) -> SearchSpace:
   with open(path) as f:
     try:
       raw = json.load(f)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, too deeply nested
       raise BenchmarkError(f'tuning search space {path!r} is not valid JSON: {e}') from e
   return parse_search_space(raw, source=path)
 
@@ -150,8 +171,12 @@ def _map_unit(spec: ParamSpec, u: float) -> Any:
     return spec.feasible_points[min(int(u * len(spec.feasible_points)),
                                     len(spec.feasible_points) - 1)]
   if spec.scaling == 'log':
-    return float(math.exp(math.log(spec.min) + u * (math.log(spec.max) - math.log(spec.min))))
-  return float(spec.min + u * (spec.max - spec.min))
+    value = math.exp(math.log(spec.min) + u * (math.log(spec.max) - math.log(spec.min)))
+  elif math.isfinite(spec.max - spec.min):
+    value = spec.min + u * (spec.max - spec.min)
+  else:  # a range wider than the largest float
+    value = (1.0 - u) * spec.min + u * spec.max
+  return float(min(max(value, spec.min), spec.max))  # rounding stays inside the range
 
 
 def generate_trials(space: SearchSpace, num_trials: int, seed: int) -> List[Dict[str, Any]]:
