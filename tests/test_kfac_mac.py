@@ -1,0 +1,159 @@
+"""MAC (kfac.mac, kfac.blocks.mac) against independent computations: dense solves in float64,
+brute-force loops over examples, heads, queries and convolution locations."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kfac import mac
+from kfac.blocks import BlockOptions, LayerStatistics, make_block
+
+DAMPINGS = (1e-3, 0.1, 1.0, 10.0)
+
+
+def _dense_solve(a_bar: np.ndarray, grad: np.ndarray, damping: float) -> np.ndarray:
+  """`(abar abar^T + damping I)^-1 G` by a float64 dense solve."""
+  a_bar = np.asarray(a_bar, np.float64)
+  curvature = np.outer(a_bar, a_bar) + damping * np.eye(a_bar.size)
+  return np.linalg.solve(curvature, np.asarray(grad, np.float64))
+
+
+@pytest.mark.parametrize('damping', DAMPINGS)
+def test_sherman_morrison_equals_dense_solve(damping):
+  rng = np.random.default_rng(0)
+  a_bar = np.append(rng.normal(size=6) + 0.5, 1.0).astype(np.float32)  # bias coordinate last
+  grad = rng.normal(size=(7, 5)).astype(np.float32)
+  expected = _dense_solve(a_bar, grad, damping)
+  solved = mac.sherman_morrison_solve(jnp.asarray(a_bar), jnp.asarray(grad), damping)
+  np.testing.assert_allclose(solved, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  step = mac.mac_precondition(jnp.asarray(a_bar), jnp.asarray(grad), damping)
+  np.testing.assert_allclose(step, damping * expected, rtol=1e-5,
+                             atol=1e-5 * damping * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('damping', DAMPINGS)
+def test_mac_preconditioner_is_positive_definite(damping):
+  a_bar = np.append(np.random.default_rng(1).normal(size=5) * 3.0, 1.0).astype(np.float32)
+  matrix = np.asarray(mac.mac_precondition(jnp.asarray(a_bar), jnp.eye(6), damping), np.float64)
+  np.testing.assert_allclose(matrix, matrix.T, atol=1e-6)
+  eigenvalues = np.linalg.eigvalsh(matrix)
+  assert eigenvalues.min() > 0
+  # One eigenvalue damping / (damping + |abar|^2) along abar, 1 orthogonal to it.
+  expected = sorted([damping / (damping + float(a_bar @ a_bar))] + [1.0] * 5)
+  np.testing.assert_allclose(eigenvalues, expected, rtol=1e-4, atol=1e-6)
+
+
+def _gated_steps(block, batches, weights, cov_every, inv_every, damping):
+  """Runs `block` under jit with lax.cond gating (statistics every `cov_every` steps, inverse
+  every `inv_every`) over the batches; returns the final state."""
+  @jax.jit
+  def step(state, index, stats, weight):
+    state = jax.lax.cond(index % cov_every == 0, lambda s: block.update(s, stats, weight),
+                         lambda s: s, state)
+    return jax.lax.cond(index % inv_every == 0, lambda s: block.invert(s, damping),
+                        lambda s: s, state)
+
+  state = block.init()
+  for index, (stats, weight) in enumerate(zip(batches, weights)):
+    state = step(state, index, stats, weight)
+  return state
+
+
+def test_mac_block_bias_corrected_average_and_sherman_morrison():
+  dim_a, dim_b, damping, decay = 5, 3, 0.5, 0.9
+  rng = np.random.default_rng(2)
+  means = [np.append(rng.normal(size=dim_a - 1) + 1.0, 1.0).astype(np.float32)
+           for _ in range(7)]
+  block = make_block('mac', dim_a, dim_b, BlockOptions())
+  grad = rng.normal(size=(dim_a, dim_b)).astype(np.float32)
+  np.testing.assert_allclose(block.apply(block.init(), jnp.asarray(grad), damping), grad)
+  batches = [block.statistics(LayerStatistics(a_rows=jnp.zeros((1, dim_a)),
+                                              g_rows=jnp.zeros((1, dim_b)), a_mean=m))
+             for m in means]
+  state = _gated_steps(block, batches, [1.0 - decay] * 7, cov_every=2, inv_every=3,
+                       damping=damping)
+  # Brute force: the paper's zero-initialised EMA on steps 0, 2, 4, 6, inverted at steps 0, 3, 6.
+  average, updates = np.zeros(dim_a), 0
+  for index, mean in enumerate(means):
+    if index % 2 == 0:
+      average, updates = decay * average + (1 - decay) * mean, updates + 1
+    if index % 3 == 0:
+      a_bar = average / (1 - decay ** updates)
+  expected = damping * _dense_solve(a_bar, grad, damping)
+  np.testing.assert_allclose(block.apply(state, jnp.asarray(grad), damping), expected,
+                             rtol=1e-5, atol=1e-6)
+  assert jax.tree_util.tree_reduce(lambda n, x: n + x.size, state, 0) == 2 * dim_a + 1
+
+
+def test_mac_input_block_is_the_damped_exact_input_covariance():
+  dim_a, dim_b, damping = 4, 2, 0.3
+  rng = np.random.default_rng(3)
+  rows = [rng.normal(size=(6, dim_a)).astype(np.float32) / np.sqrt(6) for _ in range(3)]
+  block = make_block('mac_input', dim_a, dim_b, BlockOptions())
+  batches = [block.statistics(LayerStatistics(a_rows=r, g_rows=jnp.zeros((1, dim_b)),
+                                              a_mean=jnp.zeros(dim_a))) for r in rows]
+  # The EMA weights are ignored: the covariance is the equal-weight mean over batches.
+  state = _gated_steps(block, batches, [0.05, 0.5, 0.9], cov_every=1, inv_every=1,
+                       damping=damping)
+  covariance = np.mean([r.astype(np.float64).T @ r for r in rows], axis=0)
+  grad = rng.normal(size=(dim_a, dim_b))
+  expected = damping * np.linalg.solve(covariance + damping * np.eye(dim_a), grad)
+  np.testing.assert_allclose(block.apply(state, jnp.asarray(grad, jnp.float32), damping),
+                             expected, rtol=1e-4, atol=1e-6)
+
+
+class _AttentionModel(nn.Module):
+  """One self-attention layer (value projection with bias) and a linear head."""
+
+  @nn.compact
+  def __call__(self, x, mask):
+    y = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=4, name='attention')(
+        x, mask=mask)
+    return nn.Dense(2)(y.mean(axis=1))
+
+
+def test_attention_variant_equals_brute_force_formula():
+  """abar_V = mean over valid examples n, heads h, attending queries i of sum_j S_hij x_j."""
+  n, length, width, heads = 3, 4, 5, 2
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, length, width))
+  key_valid = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
+  mask = np.broadcast_to(key_valid[:, None, None, :], (n, 1, length, length)).copy()
+  mask[1, :, 3, :] = False  # example 1, query 3 attends nowhere: excluded
+  example_weights = jnp.array([1.0, 1.0, 0.0])  # example 2 is padding
+  model = _AttentionModel()
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(1), x, mask)  # no init compilation
+  rng = np.random.default_rng(4)
+  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+  @jax.jit
+  def value_mean(params, x, mask, example_weights):
+    records = {}
+    with mac.record_attention(records):
+      model.apply(params, x, mask)
+    assert list(records) == [('attention', 'value')]
+    return mac.attention_weighted_mean(records[('attention', 'value')], example_weights, True)
+
+  result = value_mean(params, x, mask, example_weights)
+
+  attention = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64),
+                                     params['params']['attention'])
+  x = np.asarray(x, np.float64)
+  q = np.einsum('nld,dhk->nlhk', x, attention['query']['kernel']) + attention['query']['bias']
+  k = np.einsum('nld,dhk->nlhk', x, attention['key']['kernel']) + attention['key']['bias']
+  rows = []
+  for example in (0, 1):
+    for head in range(heads):
+      for query in range(length):
+        allowed = mask[example, 0, query]
+        if not allowed.any():
+          continue
+        logits = np.array([q[example, query, head] @ k[example, j, head] / np.sqrt(2)
+                           for j in range(length)])
+        scores = np.where(allowed, np.exp(logits - logits[allowed].max()), 0.0)
+        scores /= scores.sum()
+        rows.append(np.append(sum(scores[j] * x[example, j] for j in range(length)), 1.0))
+  np.testing.assert_allclose(result, np.mean(rows, axis=0), rtol=1e-5, atol=1e-6)
