@@ -6,10 +6,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 import pytest
 
-from kfac import mac
+from kfac import factors, mac, tracing
 from kfac.blocks import BlockOptions, LayerStatistics, make_block
 
 DAMPINGS = (1e-3, 0.1, 1.0, 10.0)
@@ -157,3 +158,61 @@ def test_attention_variant_equals_brute_force_formula():
         scores /= scores.sum()
         rows.append(np.append(sum(scores[j] * x[example, j] for j in range(length)), 1.0))
   np.testing.assert_allclose(result, np.mean(rows, axis=0), rtol=1e-5, atol=1e-6)
+
+
+class _ConvModel(nn.Module):
+  """A strided SAME convolution with bias, then a linear head on the mean location."""
+
+  @nn.compact
+  def __call__(self, images):
+    y = nn.Conv(3, (3, 3), strides=2, padding='SAME', name='conv')(images)
+    return nn.Dense(2, name='head')(y.mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize('flavour', ['expand', 'reduce'])
+def test_conv_mean_activation_is_the_mean_patch_of_valid_examples(flavour):
+  """`LayerStatistics.a_mean` (MAC's abar) of a conv = brute-force mean im2col patch."""
+  rng = np.random.default_rng(5)
+  images = rng.normal(size=(4, 5, 5, 2)).astype(np.float32) + 0.3
+  images[1] = 1e3  # a padding example: must not move the mean
+  mask = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
+  model = _ConvModel()
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), params)
+  report = tracing.layer_report(model.apply, params, images)
+  assert mac.input_layer_paths(model.apply, params, images, report) == (('conv',),)
+  statistics = jax.jit(lambda p, x, m: factors.compute_statistics(
+      model.apply, p, x, jnp.zeros((4, 2)), report=report,
+      flavours={path: flavour for path in report.layers}, loss='mse', fisher_type='type2',
+      mask=m))(params, images, mask)
+  # SAME, stride 2, kernel 3 on 5 pixels: 3 outputs, padding (1, 1) per side.
+  padded = np.pad(images.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  patches = [np.append(padded[n, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :].reshape(-1), 1.0)
+             for n in (0, 2, 3) for i in range(3) for j in range(3)]
+  np.testing.assert_allclose(statistics[('conv',)].a_mean, np.mean(patches, axis=0),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_input_layers_of_a_graph_network_and_their_overrides():
+  """Node and edge embeddings both read the model input; the overrides name exactly them."""
+  class GraphModel(nn.Module):
+    @nn.compact
+    def __call__(self, graph):
+      graph = jraph.GraphMapFeatures(embed_node_fn=nn.Dense(4, name='node_embedding'),
+                                     embed_edge_fn=nn.Dense(4, name='edge_embedding'))(graph)
+      pooled = jax.ops.segment_sum(nn.Dense(4, name='hidden')(graph.nodes),
+                                   jnp.repeat(jnp.arange(2), graph.n_node,
+                                              total_repeat_length=5), num_segments=2)
+      return nn.Dense(1, name='head')(pooled)
+
+  graph = jraph.GraphsTuple(nodes=jnp.ones((5, 3)), edges=jnp.ones((6, 2)),
+                            senders=jnp.zeros(6, jnp.int32), receivers=jnp.zeros(6, jnp.int32),
+                            n_node=jnp.array([2, 3]), n_edge=jnp.array([3, 3]), globals=None)
+  model = GraphModel()
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), graph)
+  report = tracing.layer_report(model.apply, params, graph)
+  paths = mac.input_layer_paths(model.apply, params, graph, report)
+  assert sorted(paths) == [('edge_embedding',), ('node_embedding',)]
+  methods, flavours = mac.mac_overrides(paths)
+  assert methods == {'node_embedding': 'mac_input', 'edge_embedding': 'mac_input'}
+  assert set(flavours.values()) == {'expand'}
