@@ -8,7 +8,7 @@ columns and `D [r] >= 0` (the `r` largest eigenpairs). Three pure, jittable piec
   with power iterations (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.3): `O(d^2 r)`.
 * `brand_update`: the rank-`r` decomposition of `(1 - w) U D U^T + w X^T X` from the old one and
   the batch's rows `X [n, d]` (Brand 2006's online update, as B-KFAC uses it):
-  `O(d (r + n)^2 + (r + n)^3)`, linear in `d`; no `[d, d]` matrix is formed.
+  `O(d (r + n)^2 + (r + n)^3)`, linear in `d`; no `[d, d]` matrix is formed while `r + n < d`.
 * `damped_solve_left` / `damped_solve_right` / `pi_damped_apply` / `exact_damped_apply`: the
   damped inverse of a low-rank factor (or of the Kronecker product of two) times a gradient
   matrix, `O(d r)` per column: with the truncated tail of `F` taken as 0,
@@ -106,7 +106,11 @@ def brand_update(eigen: LowRankEigen, rows: jax.Array, weight: jax.Array,
   every update, and these truncations accumulate (B-KFAC's drift, cancelled in B-R-KFAC by a
   periodic `randomized_eigh` of the full average). QR of `[U, X^T]` rather than of the projected
   residual `X^T - U U^T X^T` keeps `Q` orthonormal when `X` adds fewer than `n` new directions
-  (rank-deficient rows, `n > d - r`) and re-orthonormalises `U` against round-off at every step.
+  (rank-deficient rows) and re-orthonormalises `U` against round-off at every step.
+
+  When `r + n >= d` (static shapes) `S` would be no smaller than the factor: the average is then
+  formed as a `[d, d]` matrix and decomposed by `eigh` (`O(n d^2 + d^3)`, the cost of the 'eigh'
+  block; the same result up to round-off).
 
   Args:
     eigen: the old `U [d, r]`, `D [r]`.
@@ -115,15 +119,19 @@ def brand_update(eigen: LowRankEigen, rows: jax.Array, weight: jax.Array,
     eigh_dtype: dtype of the computation (at least float32).
 
   Returns:
-    The new `LowRankEigen(basis [d, r], values [r])` in `eigen.basis.dtype`; cost
-    `O(d (r + n)^2 + (r + n)^3)`.
+    The new `LowRankEigen(basis [d, r], values [r])` in `eigen.basis.dtype`.
   """
   dtype = eigen.basis.dtype
   compute = _compute_dtype(dtype, eigh_dtype)
   rank = eigen.values.shape[0]
   basis, values = eigen.basis.astype(compute), eigen.values.astype(compute)
   weight = jnp.asarray(weight, compute)
-  q, t = jnp.linalg.qr(jnp.concatenate([basis, rows.astype(compute).T], axis=1))
+  rows = rows.astype(compute)
+  if rank + rows.shape[0] >= basis.shape[0]:  # Static: S would be no smaller than the factor.
+    average = (1.0 - weight) * (basis * values[None, :]) @ basis.T + weight * (rows.T @ rows)
+    vectors, new_values = _top_eigenpairs(average, rank)
+    return LowRankEigen(vectors.astype(dtype), new_values.astype(dtype))
+  q, t = jnp.linalg.qr(jnp.concatenate([basis, rows.T], axis=1))
   t_old, t_new = t[:, :rank], t[:, rank:]
   small = (1.0 - weight) * (t_old * values[None, :]) @ t_old.T + weight * (t_new @ t_new.T)
   vectors, new_values = _top_eigenpairs(small, rank)

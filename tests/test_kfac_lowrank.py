@@ -167,14 +167,17 @@ def run_block(block, batches_a, batches_b, weights, inverse_every=1):
   return state
 
 
+@pytest.mark.parametrize('dim_a, count', [(9, 6), (40, 3)])
 @pytest.mark.parametrize('damping_form', ['pi', 'exact'])
 @pytest.mark.parametrize('kind', LOWRANK_KINDS)
-def test_full_rank_blocks_equal_dense_solves(kind, damping_form):
+def test_exact_rank_blocks_equal_dense_solves(kind, damping_form, dim_a, count):
+  """Rank 16 >= the factors' rank: `dim_a = 9` (rank >= d; Brand's dense path) and `dim_a = 40`
+  fed 3 x 4 rows (Brand's QR path, each update exact)."""
   rng = np.random.default_rng(6)
-  dim_a, dim_b = 9, 6
-  batches_a = row_batches(rng, dim_a, rows=4, count=6)
-  batches_b = row_batches(rng, dim_b, rows=4, count=6, scale=0.1)
-  weights = ema_weights(6)
+  dim_b = 6
+  batches_a = row_batches(rng, dim_a, rows=4, count=count)
+  batches_b = row_batches(rng, dim_b, rows=4, count=count, scale=0.1)
+  weights = ema_weights(count)
   options = BlockOptions(rank=16, oversampling=2, power_iterations=1, lowrank_damping=damping_form)
   block = make_block(kind, dim_a, dim_b, options)
   assert block.kind == kind
@@ -239,8 +242,21 @@ def test_blocks_jit_under_cond_gating(kind):
 
 def test_brand_rows_note_says_when_rows_outnumber_the_factor():
   assert brand_rows_note(dim=1024, rank=64, rows=128) is None
-  assert '577' in brand_rows_note(dim=577, rank=64, rows=128 * 64)
-  assert brand_rows_note(dim=256, rank=64, rows=128) is not None
+  assert 'dense eigh' in brand_rows_note(dim=577, rank=64, rows=128 * 64)
+  assert 'hardly cheaper' in brand_rows_note(dim=256, rank=64, rows=128)
+
+
+def test_brand_update_with_more_rows_than_the_factor_side_is_eigh_truncated():
+  rng = np.random.default_rng(9)
+  old, rows = row_batches(rng, dim=20, rows=30, count=2)  # r + n = 36 >= d = 20
+  eigen = lowrank.brand_update(lowrank.empty_eigen(20, 6), jnp.asarray(old), jnp.float32(1.0))
+  values, vectors = np.linalg.eigh(dense_average([old], [1.0]))
+  kept = (vectors[:, -6:] * values[-6:]) @ vectors[:, -6:].T
+  eigen = lowrank.brand_update(eigen, jnp.asarray(rows), jnp.float32(0.3))
+  average = 0.7 * kept + 0.3 * np.asarray(rows, np.float64).T @ rows
+  values = np.linalg.eigvalsh(average)[::-1][:6]
+  np.testing.assert_allclose(eigen.values, values, rtol=1e-4)
+  np.testing.assert_allclose(eigen.basis.T @ eigen.basis, np.eye(6), atol=1e-5)
 
 
 def test_bench_inverses_quick_prints_json_rows_last(tmp_path):

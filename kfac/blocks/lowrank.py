@@ -64,13 +64,18 @@ def brand_rows_note(dim: int, rank: int, rows: int) -> Optional[str]:
   None where it does.
 
   Brand's update costs `O(dim (r + n)^2 + (r + n)^3)` against `eigh`'s `O(dim^3)`; it saves
-  nothing once its small eigenproblem (side `r + n`) is more than half the factor's side.
+  little once its small eigenproblem (side `r + n`) is more than half the factor's side, and at
+  `r + n >= dim` `kfac.lowrank.brand_update` decomposes the `[dim, dim]` average itself.
   """
-  small = min(rank, dim) + rows
+  rank = min(rank, dim)
+  small = rank + rows
   if 2 * small <= dim:
     return None
-  return (f'{rows} rows per batch + rank {min(rank, dim)} = {small} > {dim}/2: the Brand update '
-          f'is no cheaper than an eigh of the {dim}x{dim} factor (correct, but not faster)')
+  if small >= dim:
+    return (f'{rows} rows per batch + rank {rank} >= {dim}: each Brand update is a dense eigh of '
+            f'the {dim}x{dim} average (correct, as slow as eigh)')
+  return (f'{rows} rows per batch + rank {rank} = {small} > {dim}/2: the Brand update is '
+          f'hardly cheaper than an eigh of the {dim}x{dim} factor')
 
 
 def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions, *,
