@@ -24,14 +24,13 @@ import base64
 import csv
 import errno
 import io
-import json
 import os
 import pickle
 import re
 import shutil
 import time
 import zlib
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
@@ -236,30 +235,25 @@ class ResumableQueue:
 
 
 class MeasurementsWriter:
-  """Appends one CSV row per evaluation, each fsync'ed; `resume` repairs the file after a kill.
-
-  Columns: `fixed_columns`, then the first row's other keys sorted, then `hyperparameters`
-  (the trial's hyperparameters as JSON). `rows` counts the data rows on disk.
+  """Appends one `eval_measurements.csv` row per evaluation, each fsync'ed, never torn (a
+  failed append is cut off again); `resume` repairs the file after a kill. Columns are upstream's:
+  the sorted keys of the first row. `rows` counts the data rows on disk.
   """
 
-  def __init__(self, path: str, hyperparameters: Dict[str, Any],
-               fixed_columns: Sequence[str]) -> None:
-    self.path, self.fixed_columns, self.rows = path, list(fixed_columns), 0
-    self.hparams_json = json.dumps(hyperparameters, sort_keys=True)
+  def __init__(self, path: str) -> None:
+    self.path, self.rows = path, 0
     self.columns: Optional[List[str]] = None
 
-  def write(self, row: Dict[str, Any]) -> None:
+  def write(self, row: Mapping[str, Any]) -> None:
     """Appends `row` (a dict of column values) and waits until it is on disk."""
     new_file = self.columns is None
     if new_file:
-      extra = sorted(k for k in row if k not in self.fixed_columns)
-      self.columns = self.fixed_columns + extra + ['hyperparameters']
-    values = dict(row, hyperparameters=self.hparams_json)
-    line = [values.get(c, '') for c in self.columns]
+      self.columns = sorted(row)
+    line = [row.get(c, '') for c in self.columns]
     self._append([self.columns, line] if new_file else [line], truncate=new_file)
     self.rows += 1
 
-  def resume(self, rows_before: int, pending_row: Optional[Dict[str, Any]] = None) -> None:
+  def resume(self, rows_before: int, pending_row: Optional[Mapping[str, Any]] = None) -> None:
     """Cuts the file back to its header and first `rows_before` complete rows (dropping rows of
     evaluations after the checkpoint and any torn row), then appends `pending_row`."""
     lines = []

@@ -28,7 +28,6 @@ from benchmark import checkpoint
 from contract.errors import BenchmarkError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXED = ('global_step', 'accumulated_submission_time')
 
 
 class FunctionState(NamedTuple):
@@ -186,23 +185,25 @@ def _read_rows(path: str):
 
 def test_csv_resume_drops_torn_and_later_rows_and_rewrites_the_checkpoint_row(tmp_path):
   path = str(tmp_path / 'eval_measurements.csv')
-  writer = checkpoint.MeasurementsWriter(path, {'learning_rate': 0.1}, FIXED)
+  writer = checkpoint.MeasurementsWriter(path)
   for step in range(4):
     writer.write(_row(step))
   with open(path, 'a') as f:
     f.write('4,2.0,0.0')  # A row torn by a kill.
-  resumed = checkpoint.MeasurementsWriter(path, {'learning_rate': 0.1}, FIXED)
+  resumed = checkpoint.MeasurementsWriter(path)
   resumed.resume(rows_before=2, pending_row=_row(2))
   resumed.write(_row(3))
   rows = _read_rows(path)
   assert [int(r['global_step']) for r in rows] == [0, 1, 2, 3] and resumed.rows == 4
   assert rows[2] == {'global_step': '2', 'accumulated_submission_time': '1.0',
-                     'validation/score': '0.02', 'hyperparameters': '{"learning_rate": 0.1}'}
+                     'validation/score': '0.02'}
+  with open(path) as f:
+    assert f.readline() == 'accumulated_submission_time,global_step,validation/score\n'
 
 
 def test_csv_full_disk_keeps_earlier_rows_and_leaves_no_torn_row(tmp_path, monkeypatch):
   path = str(tmp_path / 'eval_measurements.csv')
-  writer = checkpoint.MeasurementsWriter(path, {}, FIXED)
+  writer = checkpoint.MeasurementsWriter(path)
   writer.write(_row(0))
 
   def full_disk(fd):
@@ -238,7 +239,7 @@ _CHILD = textwrap.dedent('''
     from benchmark import checkpoint
     from tests import test_checkpoint as t
     ckpt = checkpoint.Checkpointer({directory!r}, keep=2)
-    writer = checkpoint.MeasurementsWriter({csv!r}, {{}}, t.FIXED)
+    writer = checkpoint.MeasurementsWriter({csv!r})
     last = ckpt.latest()
     step, ready = 0, False
     if last is not None:
@@ -284,8 +285,8 @@ def _kill_and_check(tmp_path, kills: int, slow_write: bool = False, seed: int = 
       continue
     _assert_state(last, last.global_step)
     assert not any('unreadable' in m for m in messages)
-    checkpoint.MeasurementsWriter(path, {}, FIXED).resume(last.csv_rows_before, last.csv_row)
-    assert _read_rows(path) == [{k: str(v) for k, v in dict(_row(s), hyperparameters='{}').items()}
+    checkpoint.MeasurementsWriter(path).resume(last.csv_rows_before, last.csv_row)
+    assert _read_rows(path) == [{k: str(v) for k, v in _row(s).items()}
                                 for s in range(last.global_step + 1)]
   return mid_write
 
