@@ -2,20 +2,22 @@
 
 Members and argument orders follow MLCommons AlgoPerf (`algoperf/spec.py`); see docs/contract.md.
 Additions of ours, all optional for AlgoPerf code: `config_name` ('full', 'small', 'tiny'),
-`variant_name`, `eval_period_steps` (small configs evaluate on a step period, for determinism).
+`variant_name`, `eval_period_steps` (small configs evaluate on a step period, for determinism),
+`build_embedded_data` (the workload's CPU-sized default data; default: none), `describe`.
 """
 
 from __future__ import annotations
 
 import abc
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import jax
 
 from contract.errors import BenchmarkError
 from contract.types import (Batch, ForwardPassMode, LossType, ModelAuxiliaryState,
-                            ParameterContainer, RandomState)
+                            ParameterContainer, ParameterShapeTree, ParameterTypeTree,
+                            RandomState, Tensor)
 
 
 class Workload(metaclass=abc.ABCMeta):
@@ -47,9 +49,23 @@ class Workload(metaclass=abc.ABCMeta):
     if self.data_source not in ('embedded', 'tfds'):
       raise BenchmarkError(
           f'unknown data source {self.data_source!r}; choose "embedded" or "tfds"')
-    self._param_shapes = None
-    self._param_types = None
+    self._param_shapes: Optional[ParameterShapeTree] = None
+    self._param_types: Optional[ParameterTypeTree] = None
     self._eval_iters: Dict[str, Any] = {}
+    self.metrics_logger: Any = None
+
+  def attach_metrics_logger(self, metrics_logger: Any) -> None:
+    """Keeps the runner's metrics logger (AlgoPerf); our runner attaches none."""
+    self.metrics_logger = metrics_logger
+
+  @staticmethod
+  def build_embedded_data(data_root: Optional[str] = None) -> Optional[str]:
+    """Builds the workload's embedded (CPU-sized, no download) data set; returns its path.
+
+    The default builds nothing and returns None: the workload has no embedded data.
+    """
+    del data_root
+    return None
 
   def check_data_available(self) -> None:
     """Raises BenchmarkError, naming the problem, when the data source cannot be read.
@@ -85,17 +101,19 @@ class Workload(metaclass=abc.ABCMeta):
   def target_metric_name(self) -> str:
     """The validation metric compared with the target, e.g. `mean_average_precision`."""
 
+  def _beats(self, value: float, target: float) -> bool:
+    """Strictly better than the target (`>` or `<`), as upstream's workloads compare."""
+    return value > target if self.target_metric_higher_is_better else value < target
+
   def has_reached_validation_target(self, eval_result: Dict[str, float]) -> bool:
-    value = eval_result[f'validation/{self.target_metric_name}']
-    if self.target_metric_higher_is_better:
-      return value >= self.validation_target_value
-    return value <= self.validation_target_value
+    return self._beats(eval_result[f'validation/{self.target_metric_name}'],
+                       self.validation_target_value)
 
   def has_reached_test_target(self, eval_result: Dict[str, float]) -> bool:
-    value = eval_result[f'test/{self.target_metric_name}']
-    if self.target_metric_higher_is_better:
-      return value >= self.test_target_value
-    return value <= self.test_target_value
+    """Strictly beyond the test target; True for a workload without a test split (no goal)."""
+    if not self.num_test_examples:
+      return True
+    return self._beats(eval_result[f'test/{self.target_metric_name}'], self.test_target_value)
 
   @property
   def target_metric_higher_is_better(self) -> bool:
@@ -162,7 +180,8 @@ class Workload(metaclass=abc.ABCMeta):
 
   @property
   def eval_period_steps(self) -> Optional[int]:
-    """Evaluate every this many steps (small configs); `None` means time-based only."""
+    """Evaluate every this many steps (small configs, whose runs must be deterministic);
+    `None`: evaluate every `eval_period_time_sec` of wall-clock, as AlgoPerf does."""
     return None
 
   @property
@@ -173,13 +192,14 @@ class Workload(metaclass=abc.ABCMeta):
   # Parameters ---------------------------------------------------------------------------------
 
   @property
-  def param_shapes(self):
+  def param_shapes(self) -> ParameterShapeTree:
+    """The params tree with a `contract.types.ShapeTuple` per array (`.shape_tuple`)."""
     if self._param_shapes is None:
       raise ValueError('call init_model_fn before reading param_shapes')
     return self._param_shapes
 
   @property
-  def model_params_types(self):
+  def model_params_types(self) -> ParameterTypeTree:
     if self._param_types is None:
       raise ValueError('call init_model_fn before reading model_params_types')
     return self._param_types
@@ -235,31 +255,39 @@ class Workload(metaclass=abc.ABCMeta):
                  global_step: int = 0) -> Dict[str, float]:
     """Evaluates on train (a subset of `num_eval_train_examples`), validation and test.
 
-    Returns a flat dict `{'train/loss': ..., 'validation/<metric>': ..., 'test/<metric>': ...}`.
+    Returns a flat dict `{'train/loss': ..., 'validation/<metric>': ...,
+    'validation/num_examples': ..., 'test/<metric>': ..., 'test/num_examples': ...}` (AlgoPerf's
+    keys; a split with no examples is left out).
     """
     del imagenet_v2_data_dir
     results: Dict[str, float] = {}
     for split, num_examples in (('train', self.num_eval_train_examples),
                                 ('validation', self.num_validation_examples),
                                 ('test', self.num_test_examples)):
-      if num_examples <= 0:
+      if not num_examples:
         continue
       split_metrics = self._eval_model_on_split(split, num_examples, global_batch_size, params,
                                                 model_state, rng, data_dir, global_step)
       results.update({f'{split}/{k}': float(v) for k, v in split_metrics.items()})
+      if split != 'train':
+        results[f'{split}/num_examples'] = num_examples
     return results
-
-  # K-FAC hook -------------------------------------------------------------------------------
 
   def kfac_model_fn(self, params: ParameterContainer, batch: Batch,
                     model_state: ModelAuxiliaryState, rng: RandomState) -> jax.Array:
-    """The training-mode forward pass whose output a K-FAC submission's curvature is built on.
-
-    Default: `model_fn` in TRAIN mode without updating batch-norm statistics.
-    """
+    """Deprecated (goes once no submission calls it): `model_fn` in TRAIN mode, no BN update."""
     logits, _ = self.model_fn(params, batch, model_state, ForwardPassMode.TRAIN, rng,
                               update_batch_norm=False)
     return logits
+
+  def output_activation_fn(self, logits_batch: Tensor, framework: str = 'jax') -> Tensor:
+    """Logits to probabilities by the loss type (identity for regression losses)."""
+    if framework != 'jax':
+      raise ValueError(f'this project is JAX only, got framework {framework!r}')
+    activations = {LossType.SOFTMAX_CROSS_ENTROPY: jax.nn.softmax,
+                   LossType.CTC_LOSS: jax.nn.softmax,
+                   LossType.SIGMOID_CROSS_ENTROPY: jax.nn.sigmoid}
+    return activations.get(self.loss_type, lambda z: z)(logits_batch)
 
   def describe(self) -> Dict[str, Any]:
     """Facts a user checks before a run (`kfac-bench describe`)."""
