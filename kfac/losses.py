@@ -1,35 +1,49 @@
 """Loss-Hessian square roots and Fisher samples: the output cotangents of the K-FAC statistics.
 
-The loss whose curvature K-FAC approximates is the batch mean
-`L = (1/N) sum_n l_n(f_n)`, where `l_n` sums the per-entry losses of example `n` over all its
-positions and tasks, each weighted by the mask:
+The loss convention. The loss whose curvature K-FAC approximates is the mean over examples
+
+    L = (1/N) sum_n l_n,    l_n = sum_e m_ne loss(f_ne, y_ne),
+
+where `e` runs over the positions and tasks of example `n`, `m` is the mask (default all ones; a
+prefix shape of the per-entry loss, `[N]`, `[N, ...]` or the full shape, broadcast over the
+remaining axes) and `N` is the number of examples with at least one non-zero mask entry (padding
+examples count for nothing). A mask entry is a *weight*, not only a 0/1 flag, and a per-entry
+mask does not change `N`. Per-entry losses:
 
 * `'softmax_cross_entropy'`: `logits [N, ..., C]`; targets are integer labels `[N, ...]` or
   distributions `[N, ..., C]`; per position `-sum_c t_c log softmax(f)_c`; mask `[N, ...]`.
 * `'sigmoid_cross_entropy'` (multi-label): `logits [N, ..., T]`, targets in {0, 1} of the same
-  shape (entries where the mask is 0 may hold anything, e.g. NaN); per entry binary CE.
+  shape; per entry binary CE.
 * `'mse'`: per entry `0.5 (f - y)^2`, i.e. `l_n = 0.5 ||f_n - y_n||^2` over every output entry.
 
-The mask (default: all ones) has a prefix shape of the per-entry loss (`[N]`, `[N, ...]`, or the
-full shape) and broadcasts over the remaining axes. `N` is the number of examples with at least
-one non-zero mask entry: padding examples count for nothing, and a per-entry mask does not change
-the normalisation (the ogbg loss of AlgoPerf divides by the number of valid (graph, task) pairs
-instead, which differs by a constant factor the learning rate and damping absorb).
+Targets where the mask is zero may hold anything (NaN for a missing label): they are replaced by
+zeros before any computation.
 
-For every example `n`, the Hessian of `l_n / N` w.r.t. `f_n` is factored as `sum_m c_nm c_nm^T`;
-`output_cotangents` returns the columns `c[m]` for all examples at once, `[M, *logits.shape]`,
-so that one backward pass per `m` gives the `g` of the K-FAC statistics
-(Eschenhagen et al. 2023, section 2; shared/DESIGN.md section 2):
+Matching a training objective. A training loss `sum(w * loss) / sum(w)` (AlgoPerf's ogbg loss,
+any loss averaged over the `R` positions of a sequence or image) is `L` with the mask
+`m = w * N / sum(w)` (`submissions/kfac_submission.objective_mask`). With `m = w` instead, K-FAC's
+curvature is `sum(w) / N` times that of the objective: with `mask=None` and a loss averaged over
+`R` positions, `R` times larger, so that `(R F + damping I)^-1 = R^-1 (F + (damping / R) I)^-1`:
+the damping acts `R` times weaker and the step is `R` times shorter than the same numbers mean
+for the objective (docs/kfac_conventions.md).
 
-* `'type2'`: exact square root, `M = prod(logits.shape[1:])` columns (one per output entry).
-  Softmax, per position: `S[:, k] = sqrt(p_k) (e_k - p)` (`S S^T = diag(p) - p p^T`);
-  sigmoid: `sqrt(s (1 - s))` on the diagonal; MSE: the identity. Times `sqrt(mask / N)`.
+For every example `n`, the curvature of `l_n / N` w.r.t. `f_n` is factored as
+`sum_m c_nm c_nm^T`; `output_cotangents` returns the columns `c[m]` for all examples at once,
+`[M, *logits.shape]`, so that one backward pass per `m` gives the `g` of the K-FAC statistics
+(Eschenhagen et al. 2023, section 2):
+
+* `'type2'`: exact square root of the Hessian, `M = prod(logits.shape[1:])` columns (one per
+  output entry). Softmax, per position: `S[:, k] = sqrt(p_k) (e_k - p)` (`S S^T = diag(p) - p p^T`);
+  sigmoid: `sqrt(s (1 - s))` on the diagonal; MSE: the identity. The Hessian of `m loss` is
+  `m H`, so the columns are scaled by `sqrt(m / N)`.
 * `'mc'`: `M = num_samples` gradients of the loss at labels drawn from the model's predictive
-  distribution (categorical, Bernoulli, unit-variance Gaussian), times `sqrt(mask / (N M))`; their
+  distribution (categorical, Bernoulli, unit-variance Gaussian), times `sqrt(m / (N M))`; their
   outer products are an unbiased estimate of the type-2 term (the losses are exponential-family
   negative log-likelihoods with their canonical link). Example `n`'s sample `s` uses the key
   `fold_in(fold_in(rng, n), s)`, so appending padding examples does not change the draws.
-* `'empirical'`: `M = 1`, the gradient of the loss at the true targets times `sqrt(mask / N)`.
+* `'empirical'`: `M = 1`, `grad l_n / sqrt(N)` at the true targets: the per-entry gradients times
+  `m / sqrt(N)`. The weight is inside the gradient, so it enters the outer product squared
+  (`sqrt(m / N)` would be right only for 0/1 masks).
 """
 
 from __future__ import annotations
@@ -69,12 +83,12 @@ def _entry_mask(mask: Optional[jax.Array], shape: tuple) -> jax.Array:
 
 def _dense_targets(loss: str, logits: jax.Array, targets: jax.Array,
                    entry_mask: jax.Array) -> jax.Array:
-  """Targets of the logits' shape, float32: one-hot for integer class labels; zero where the
-  mask is zero for the element-wise losses (so NaN labels of masked entries do no harm)."""
-  if loss == 'softmax_cross_entropy':
-    if targets.ndim == logits.ndim - 1:
-      return jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
-    return targets.astype(jnp.float32)
+  """Targets of the logits' shape, float32 (one-hot for integer class labels), zero wherever the
+  mask is zero, so that NaN labels of masked entries or positions do no harm.
+
+  `entry_mask` broadcasts against the logits (softmax: `[N, ..., 1]`)."""
+  if loss == 'softmax_cross_entropy' and targets.ndim == logits.ndim - 1:
+    targets = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
   return jnp.where(entry_mask > 0, targets, 0).astype(jnp.float32)
 
 
@@ -157,10 +171,11 @@ def output_cotangents(loss: str, fisher_type: str, logits: jax.Array,
   if loss == 'softmax_cross_entropy':
     entry_mask = entry_mask[..., None]
   num_valid = jnp.maximum(jnp.sum(example_weights(mask, num_examples)), 1.0)
+  if fisher_type == 'empirical':
+    gradient = _loss_gradient(loss, logits, _dense_targets(loss, logits, targets, entry_mask))
+    return (gradient * entry_mask / jnp.sqrt(num_valid))[None]
   if fisher_type == 'type2':
     columns = _hessian_sqrt_columns(loss, logits)
-  elif fisher_type == 'empirical':
-    columns = _loss_gradient(loss, logits, _dense_targets(loss, logits, targets, entry_mask))[None]
   else:
     if rng is None:
       raise ValueError("fisher_type='mc' needs an rng")

@@ -1,5 +1,7 @@
 """Loss-Hessian square roots and Fisher types (kfac/losses.py): type-2 roots vs `jax.hessian`, MC
-convergence to type-2, empirical = gradient outer product, masks and padding examples."""
+convergence to type-2, empirical = gradient outer product, weighted masks, NaN labels under the
+mask, padding examples, and the loss-scale convention against the dense GGN and empirical Fisher
+of a training objective `sum(w * loss) / sum(w)`."""
 
 import flax.linen as nn
 import jax
@@ -16,8 +18,9 @@ fast_compilation = oracles.fast_compilation  # autouse: see tests/kfac_oracles.p
 LOSSES = ('softmax_cross_entropy', 'sigmoid_cross_entropy', 'mse')
 
 
-def _batch(loss, shape, seed=0):
-  """Logits `shape`, targets and a mask with a padding example (last) and masked entries."""
+def _batch(loss, shape, seed=0, weighted=False):
+  """Logits `shape`, targets and a mask with a padding example (last) and masked entries; a
+  weighted mask has its other entries drawn from [0.2, 2]."""
   rng = np.random.default_rng(seed)
   logits = jnp.asarray(rng.normal(size=shape), jnp.float32)
   if loss == 'softmax_cross_entropy':
@@ -26,6 +29,8 @@ def _batch(loss, shape, seed=0):
   else:
     targets = jnp.asarray(rng.integers(0, 2, shape), jnp.float32)
     mask = np.ones(shape, np.float32)
+  if weighted:
+    mask = rng.uniform(0.2, 2.0, mask.shape).astype(np.float32)
   mask[-1] = 0.0
   mask[0, 0] = 0.0
   return logits, targets, jnp.asarray(mask)
@@ -33,24 +38,25 @@ def _batch(loss, shape, seed=0):
 
 def test_output_cotangents_factor_the_curvature_of_the_batch_mean_loss():
   """`sum_m c_m c_m^T` per example equals the Hessian (type2) and the gradient outer product
-  (empirical) of `l_n / N` by `jax.hessian`/`jax.grad`, with masks and a padding example."""
-  batches = {loss: _batch(loss, (3, 2, 4)) for loss in LOSSES}
+  (empirical) of `l_n / N` by `jax.hessian`/`jax.grad`, with 0/1 and weighted masks (a weight
+  enters the empirical Fisher squared, the type-2 one linearly) and a padding example."""
+  batches = {(loss, weighted): _batch(loss, (3, 2, 4), weighted=weighted)
+             for loss in LOSSES for weighted in (False, True)}
 
   @jax.jit
   def per_example_curvatures(batches):
     result = {}
-    for loss, (logits, targets, mask) in batches.items():
+    for key, (logits, targets, mask) in batches.items():
       for fisher_type in ('type2', 'empirical'):
-        columns = losses.output_cotangents(loss, fisher_type, logits, targets, mask=mask)
+        columns = losses.output_cotangents(key[0], fisher_type, logits, targets, mask=mask)
         columns = columns.reshape(columns.shape[0], logits.shape[0], -1)
-        result[loss, fisher_type] = (
+        result[key + (fisher_type,)] = (
             jnp.einsum('mni,mnj->nij', columns, columns),
-            oracles.output_curvature(loss, fisher_type, logits, targets, mask))
+            oracles.output_curvature(key[0], fisher_type, logits, targets, mask))
     return result
 
-  for (loss, fisher_type), (curvature, expected) in per_example_curvatures(batches).items():
-    np.testing.assert_allclose(curvature, expected, rtol=1e-5, atol=1e-7,
-                               err_msg=f'{loss} {fisher_type}')
+  for key, (curvature, expected) in per_example_curvatures(batches).items():
+    np.testing.assert_allclose(curvature, expected, rtol=1e-5, atol=1e-7, err_msg=str(key))
 
 
 def test_masked_targets_may_be_nan_and_mc_needs_an_rng():
@@ -64,6 +70,22 @@ def test_masked_targets_may_be_nan_and_mc_needs_an_rng():
     losses.output_cotangents('mse', 'mc', logits, targets)
   with pytest.raises(ValueError, match='fisher_type'):
     losses.output_cotangents('mse', 'fisher', logits, targets)
+
+
+def test_masked_soft_label_targets_may_be_nan():
+  """Soft-label (distribution) targets with NaN at masked positions give, for every Fisher
+  type, the columns of the integer labels they one-hot encode (the integer-label empirical
+  columns match `jax.grad` in the test above): masked targets are zeroed before any use."""
+  logits, labels, mask = _batch('softmax_cross_entropy', (3, 2, 4), weighted=True)
+  soft = jax.nn.one_hot(labels, 4)
+  nan_soft = jnp.where(mask[..., None] > 0, soft, jnp.nan)
+  for fisher_type in losses.FISHER_TYPES:
+    config = dict(mask=mask, rng=jax.random.key(0))
+    columns = losses.output_cotangents('softmax_cross_entropy', fisher_type, logits, nan_soft,
+                                       **config)
+    np.testing.assert_allclose(columns, losses.output_cotangents(
+        'softmax_cross_entropy', fisher_type, logits, labels, **config), rtol=1e-6, atol=1e-8,
+        err_msg=fisher_type)
 
 
 class PositionMixing(nn.Module):
