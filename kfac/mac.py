@@ -146,6 +146,17 @@ def attention_weighted_mean(calls: Sequence[AttentionCall], example_weights: jax
   return a_bar
 
 
+def with_attention_means(statistics: Dict[LayerPath, Any],
+                         records: Dict[LayerPath, List[AttentionCall]],
+                         example_weights: jax.Array, report: LayerReport) -> Dict[LayerPath, Any]:
+  """`{path: LayerStatistics}` with `a_mean` of every recorded value projection replaced by its
+  `attention_weighted_mean` (the statistics pass's hook for the attention variant)."""
+  return {path: stats._replace(a_mean=attention_weighted_mean(
+              records[path], example_weights, report.layers[path].has_bias))
+          if path in records else stats
+          for path, stats in statistics.items()}
+
+
 def _attention_call(module: nn.MultiHeadDotProductAttention, frame: Dict[str, Any]
                     ) -> AttentionCall:
   """The `AttentionCall` of a finished attention call from what its sub-modules recorded."""

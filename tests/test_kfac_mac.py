@@ -130,15 +130,22 @@ def test_attention_variant_equals_brute_force_formula():
   rng = np.random.default_rng(4)
   params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
 
+  apply_fn = lambda params, inputs: model.apply(params, *inputs)
+  report = tracing.layer_report(apply_fn, params, (x, mask))
+  plain = {path: LayerStatistics(a_rows=jnp.zeros((1, 1)), g_rows=jnp.zeros((1, 1)),
+                                 a_mean=jnp.zeros(6)) for path in report.layers}
+
   @jax.jit
-  def value_mean(params, x, mask, example_weights):
+  def statistics(params, inputs, example_weights):
     records = {}
     with mac.record_attention(records):
-      model.apply(params, x, mask)
+      apply_fn(params, inputs)
     assert list(records) == [('attention', 'value')]
-    return mac.attention_weighted_mean(records[('attention', 'value')], example_weights, True)
+    return mac.with_attention_means(plain, records, example_weights, report)
 
-  result = value_mean(params, x, mask, example_weights)
+  replaced = statistics(params, (x, mask), example_weights)
+  np.testing.assert_array_equal(replaced[('attention', 'key')].a_mean, np.zeros(6))
+  result = replaced[('attention', 'value')].a_mean
 
   attention = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64),
                                      params['params']['attention'])
