@@ -304,3 +304,36 @@ def test_kill_at_random_moments_always_restores_the_last_complete_checkpoint(tmp
 @pytest.mark.slow
 def test_many_kills_at_random_moments(tmp_path):
   assert _kill_and_check(tmp_path, kills=25, seed=2) > 0
+
+
+def _load_kill_resume():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'kill_resume', os.path.join(REPO, 'scripts', 'kill_resume.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _fake_run(directory, rows, summary):
+  trial = os.path.join(directory, 'exp', 'study_0', 'fake_jax', 'trial_1')
+  os.makedirs(trial)
+  with open(os.path.join(trial, 'eval_measurements.csv'), 'w') as f:
+    f.write('global_step,total_duration,validation/loss\n' + ''.join(r + '\n' for r in rows))
+  with open(os.path.join(trial, 'trial_summary.json'), 'w') as f:
+    f.write(summary)
+  return directory
+
+
+def test_kill_resume_harness_ignores_times_and_finds_torn_rows_and_changed_metrics(tmp_path):
+  kill_resume = _load_kill_resume()
+  summary = '{"status": "budget_exhausted", "global_steps": 20, "final_metrics": {"a": 1.0}}'
+  clean = _fake_run(str(tmp_path / 'clean'), ['10,5.0,0.5', '20,9.0,0.25'], summary)
+  same = _fake_run(str(tmp_path / 'same'), ['10,7.5,0.5', '20,1.0,0.2500000001'], summary)
+  assert kill_resume.compare(clean, same, rtol=1e-6, atol=1e-6) == []
+  torn = _fake_run(str(tmp_path / 'torn'), ['10,7.5,0.5', '20,1.0'], summary)
+  assert any('torn' in p for p in kill_resume.compare(clean, torn, 1e-6, 1e-6))
+  changed = _fake_run(str(tmp_path / 'changed'), ['10,7.5,0.5', '20,1.0,0.26'],
+                      summary.replace('20', '21'))
+  problems = kill_resume.compare(clean, changed, 1e-6, 1e-6)
+  assert any('validation/loss' in p for p in problems) and any('global_steps' in p for p in problems)
