@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kfac
 from kfac import lowrank
 from kfac.blocks import BlockOptions, LayerStatistics, make_block
 from kfac.blocks.lowrank import brand_rows_note
@@ -232,12 +234,12 @@ def test_blocks_jit_under_cond_gating(kind):
   grad = jnp.asarray(rng.standard_normal((12, 7)), jnp.float32)
   apply = jax.jit(block.apply)
   skipped = apply(step(block.init(), False, False), grad, DAMPING)
-  np.testing.assert_allclose(skipped, grad / DAMPING, rtol=1e-6)
+  np.testing.assert_allclose(skipped, grad, rtol=1e-6)  # identity before a decomposition
   gated = apply(step(block.init(), True, True), grad, DAMPING)
   direct = apply(jax.jit(block.invert)(jax.jit(block.update)(block.init(), stats, 1.0), DAMPING),
                  grad, DAMPING)
   assert relative_error(gated, direct) < 1e-5
-  assert relative_error(gated, grad / DAMPING) > 0.1
+  assert relative_error(gated, grad) > 0.1
 
 
 def test_brand_rows_note_says_when_rows_outnumber_the_factor():
@@ -275,3 +277,37 @@ def test_bench_inverses_quick_prints_json_rows_last(tmp_path):
   assert len({row['d'] for row in rows}) >= 2
   assert (tmp_path / 'bench_inverses.md').read_text().startswith('# Inverse schemes')
   assert (tmp_path / 'bench_inverses.png').stat().st_size > 0
+
+
+class ConvNet(nn.Module):
+  """Conv -> relu -> spatial mean -> Dense, on `[N, 5, 5, 2]` images."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), padding='SAME')(x))
+    return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize('flavour', ['reduce', pytest.param('expand', marks=pytest.mark.slow)])
+def test_full_rank_low_rank_methods_precondition_like_pi_eigh(flavour):
+  """Through `kfac.precondition` (reduce: N rows per batch; expand: N R rows, Brand's dense
+  path): at rank >= d every low-rank method's updates are 'pi_eigh''s."""
+  rng = np.random.default_rng(10)
+  images = [rng.standard_normal((6, 5, 5, 2)).astype(np.float32) for _ in range(3)]
+  labels = [rng.integers(0, 3, 6).astype(np.int32) for _ in range(3)]
+  model = ConvNet()
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), images[0])
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  updates = {}
+  for method in ('pi_eigh',) + LOWRANK_KINDS:
+    transform = kfac.precondition(model.apply, loss='softmax_cross_entropy',
+                                  sample_inputs=images[0], flavour=flavour, fisher_type='type2',
+                                  damping=DAMPING, inverse_method=method, inverse_rank=64,
+                                  strict=True)
+    step = jax.jit(lambda g, s, x, y, t=transform: t.update(g, s, params, inputs=x, targets=y))
+    state = transform.init(params)
+    for x, y in zip(images, labels):
+      update, state = step(grads, state, x, y)
+    updates[method] = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(update)])
+  for method in LOWRANK_KINDS:
+    assert relative_error(updates[method], updates['pi_eigh']) < 1e-4, method

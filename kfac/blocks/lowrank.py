@@ -19,7 +19,8 @@ traces of the averages (kept as scalars, so truncation does not shift pi); or 'e
 `(A kron B + damping I)^-1` in the joint eigenbasis. Both cost `O(dim_a dim_b r)`. Pi is the
 default because exact damping gives every direction in the truncated tail of one factor the
 weight `1 / damping`, however large the other factor is there; pi gives it
-`1 / ((D_i + d_A) d_B)`. Before the first statistics step `apply` returns `G / damping`.
+`1 / ((D_i + d_A) d_B)`. Until the first decomposition (statistics step for 'brand' and
+'brand_rsvd', inverse step for 'rsvd') `apply` is the identity, like 'pi_eigh'.
 
 Brand's update pays off only while a batch adds few rows: its small eigenproblem has side
 `r + n` (expand on a convolution or sequence gives `n = N R` rows, reduce `n = N`); see
@@ -48,6 +49,8 @@ class LowRankState(NamedTuple):
     eigen_a, eigen_b: `LowRankEigen` (basis `[d, r]`, values `[r]`) of each average.
     mean_a, mean_b: `[]`, `tr F / d` of each average (exact, for pi).
     key: PRNG key of the randomised decompositions, split on each inverse step.
+    decomposed: bool `[]`, whether `eigen_a`, `eigen_b` hold a decomposition yet (until then
+      `apply` is the identity).
   """
 
   factor_a: Optional[jax.Array]
@@ -57,6 +60,7 @@ class LowRankState(NamedTuple):
   mean_a: jax.Array
   mean_b: jax.Array
   key: jax.Array
+  decomposed: jax.Array
 
 
 def brand_rows_note(dim: int, rank: int, rows: int) -> Optional[str]:
@@ -94,7 +98,7 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
     zero = jnp.zeros([], dtype)
     return LowRankState(full(dim_a), full(dim_b), lowrank.empty_eigen(dim_a, options.rank, dtype),
                         lowrank.empty_eigen(dim_b, options.rank, dtype), zero, zero,
-                        jax.random.PRNGKey(0))
+                        jax.random.PRNGKey(0), jnp.asarray(False))
 
   def statistics(rows: LayerStatistics) -> Tuple[jax.Array, jax.Array]:
     if brand:
@@ -118,7 +122,8 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
                  factor_b=average(state.factor_b, grams[1]))
     if brand:
       new.update(eigen_a=lowrank.brand_update(state.eigen_a, stats[0], weight, options.eigh_dtype),
-                 eigen_b=lowrank.brand_update(state.eigen_b, stats[1], weight, options.eigh_dtype))
+                 eigen_b=lowrank.brand_update(state.eigen_b, stats[1], weight, options.eigh_dtype),
+                 decomposed=jnp.asarray(True))
     return state._replace(**new)
 
   def invert(state: LowRankState, damping: jax.Array) -> LowRankState:
@@ -132,7 +137,8 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
                                      options.power_iterations, options.eigh_dtype)
 
     return state._replace(eigen_a=decompose(state.factor_a, key_a),
-                          eigen_b=decompose(state.factor_b, key_b), key=key)
+                          eigen_b=decompose(state.factor_b, key_b), key=key,
+                          decomposed=jnp.asarray(True))
 
   def apply(state: LowRankState, grad: jax.Array, damping: jax.Array) -> jax.Array:
     matrix = grad.astype(dtype)
@@ -141,7 +147,7 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
     else:
       damping_a, damping_b = pi_damping(state.mean_a, state.mean_b, damping)
       result = lowrank.pi_damped_apply(state.eigen_a, state.eigen_b, matrix, damping_a, damping_b)
-    return result.astype(grad.dtype)
+    return jnp.where(state.decomposed, result, matrix).astype(grad.dtype)
 
   return CurvatureBlock(kind=kind, init=init, statistics=statistics, update=update,
                         invert=invert, apply=apply)
