@@ -1,10 +1,13 @@
-"""Curvature state: EMA of Kronecker factors, cached damped inverses, periodic updates.
+"""Curvature state over per-layer blocks: periodic statistics and inverse updates, rejection of
+non-finite updates.
 
 Pure functions over a `CurvatureState` NamedTuple. One step of `update_curvature`:
 
-1. when `step % cov_update_every == 0`, new factors `{layer_path: (A, B)}` are computed (by a
-   callable, so that the statistics pass only runs on due steps) and folded into the EMA;
-2. when `step % inverse_update_every == 0`, the damped inverses are recomputed from the EMA;
+1. when statistics are due (`is_due(step, cov_update_every, warm_start_steps)`), the batch's
+   `LayerStatistics` of every layer are computed (by a callable, so that the statistics pass
+   only runs on due steps) and each block folds them into its average (`CurvatureBlock.update`);
+2. when inverses are due (`inverse_update_every`), each block refreshes its inverse
+   (`CurvatureBlock.invert`);
 3. `step` advances.
 
 Warm start: on the first `warm_start_steps` steps both updates run on every step. Without it the
@@ -14,17 +17,18 @@ step 0, so its damped inverse is `1 / damping` times the identity), the next `T_
 are the gradient scaled by `1 / damping`, which diverges for small damping.
 
 Both gates are `lax.cond`s on the traced step counter: the whole update jits, with no host
-synchronisation. Every array of the state has the configured dtype (float32 by default); the
-counters are int32.
+synchronisation.
 
-EMA with a bias correction for the first updates (per layer, `c` = accepted updates so far):
-`F <- (1 - w) F + w F_new` with `w = max(1 - ema_decay, 1 / (c + 1))`. The first update sets the
-factor, the next ones average uniformly until `1 / (c + 1)` reaches `1 - ema_decay` (after
-`1 / (1 - ema_decay)` updates: 20 for 0.95), then it is the usual EMA.
+EMA weight with a bias correction for the first updates (per layer, `c` = accepted updates so
+far): `w = max(1 - ema_decay, 1 / (c + 1))`, passed to the block (`F <- (1 - w) F + w F_batch`):
+the first update sets the factor, the next ones average uniformly until `1 / (c + 1)` reaches
+`1 - ema_decay` (after 20 updates for 0.95), then it is the usual EMA.
 
-Non-finite safety (per layer): new statistics with a NaN/inf are not folded in (the EMA keeps its
-last value) and a non-finite inverse is not stored (the last good inverse stays, initially an
-identity-like preconditioner); each rejection adds one to `num_nonfinite`.
+Non-finite safety (per layer): a new block state with a NaN/inf (from the statistics or from the
+inverse) is not stored; the last good one stays (initially an identity-like preconditioner).
+Each rejection adds one to the layer's `rejected` counter and to its `consecutive_rejected`
+counter, which an accepted update resets to 0. An inverse is only accepted once the layer has
+accepted statistics.
 """
 
 from __future__ import annotations
@@ -34,78 +38,59 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple
 import jax
 import jax.numpy as jnp
 
-from kfac import inverses
+from kfac import defaults
+from kfac.blocks import CurvatureBlock, LayerStatistics
 
 LayerPath = Tuple[str, ...]
-Factors = Dict[LayerPath, Tuple[jax.Array, jax.Array]]
-
-
-class FactorLayout(NamedTuple):
-  """How one layer's factors are stored.
-
-  Attributes:
-    dim_a: side of `A`: `P_in`, plus 1 with a bias.
-    dim_b: side of `B`: `P_out`.
-    kind_a, kind_b: `'full'`, `'diagonal'` or `'identity'` (see `kfac.inverses`).
-  """
-
-  dim_a: int
-  dim_b: int
-  kind_a: str = 'full'
-  kind_b: str = 'full'
 
 
 class CurvatureConfig(NamedTuple):
   """Settings of the curvature state, closed over by jitted code (only `damping` may be traced).
 
   Attributes:
-    layouts: `{layer_path: FactorLayout}` of every covered layer.
-    damping: Tikhonov damping added to the curvature block (`> 0`).
-    damping_mode: `'exact'` or `'pi'` (see `kfac.inverses`).
-    ema_decay: decay of the factor EMA, in [0, 1).
-    cov_update_every: factors are updated on steps `0, T_cov, 2 T_cov, ...`.
-    inverse_update_every: inverses are recomputed on steps `0, T_inv, 2 T_inv, ...`.
-    dtype: dtype of every factor and inverse in the state.
-    eigh_dtype: dtype `eigh` runs in (at least float32).
-    warm_start_steps: steps `0 .. warm_start_steps - 1` update factors and inverses every step.
+    blocks: `{layer_path: CurvatureBlock}` of every covered layer.
+    damping: Tikhonov damping of every block (`> 0`).
+    ema_decay: decay of the statistics' average, in [0, 1).
+    cov_update_every: T_cov, statistics are updated on steps `0, T_cov, 2 T_cov, ...`.
+    inverse_update_every: T_inv, inverses are refreshed on steps `0, T_inv, 2 T_inv, ...`.
+    warm_start_steps: steps `0 .. warm_start_steps - 1` update statistics and inverses.
   """
 
-  layouts: Mapping[LayerPath, FactorLayout]
-  damping: Any = 1e-3
-  damping_mode: str = 'exact'
-  ema_decay: float = 0.95
-  cov_update_every: int = 1
-  inverse_update_every: int = 1
-  dtype: Any = jnp.float32
-  eigh_dtype: Any = jnp.float32
-  warm_start_steps: int = 0
+  blocks: Mapping[LayerPath, CurvatureBlock]
+  damping: Any = defaults.DAMPING
+  ema_decay: float = defaults.EMA_DECAY
+  cov_update_every: int = defaults.COV_UPDATE_EVERY
+  inverse_update_every: int = defaults.INVERSE_UPDATE_EVERY
+  warm_start_steps: int = defaults.WARM_START_STEPS
 
 
 class CurvatureState(NamedTuple):
-  """State of the curvature estimate.
+  """State of the curvature estimate (every counter is int32 `[]`).
 
   Attributes:
-    step: int32 `[]`, curvature updates done so far (gates the periodic updates).
-    factors: `{layer_path: (A, B)}` EMA factors in their stored forms.
-    factor_counts: `{layer_path: int32 []}` accepted factor updates per layer (EMA weights).
-    inverses: `{layer_path: cache}` last good damped inverses (`ExactInverse` or `PiInverse`).
-    num_nonfinite: int32 `[]`, per-layer factor or inverse updates rejected as non-finite.
+    step: curvature steps done so far (gates the periodic updates).
+    blocks: `{layer_path: block state}`.
+    counts: `{layer_path: accepted statistics updates}` (EMA weights).
+    rejected: `{layer_path: non-finite statistics or inverse updates rejected}`.
+    consecutive_rejected: `{layer_path: rejections since the last accepted update}`.
   """
 
   step: jax.Array
-  factors: Factors
-  factor_counts: Dict[LayerPath, jax.Array]
-  inverses: Dict[LayerPath, Any]
-  num_nonfinite: jax.Array
+  blocks: Dict[LayerPath, Any]
+  counts: Dict[LayerPath, jax.Array]
+  rejected: Dict[LayerPath, jax.Array]
+  consecutive_rejected: Dict[LayerPath, jax.Array]
+
+  @property
+  def num_rejected(self) -> jax.Array:
+    """Rejected updates over all layers, int32 `[]`."""
+    return sum(self.rejected.values(), jnp.zeros([], jnp.int32))
 
 
 def validate_config(config: CurvatureConfig) -> None:
   """Raise `ValueError` with a clear message for a bad setting (Python numbers only)."""
   if isinstance(config.damping, (int, float)) and not config.damping > 0:
     raise ValueError(f'damping must be > 0, got {config.damping}')
-  if config.damping_mode not in inverses.DAMPING_MODES:
-    raise ValueError(f'damping_mode must be one of {inverses.DAMPING_MODES}, '
-                     f'got {config.damping_mode!r}')
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f'ema_decay must be in [0, 1), got {config.ema_decay}')
   for name in ('cov_update_every', 'inverse_update_every'):
@@ -114,51 +99,21 @@ def validate_config(config: CurvatureConfig) -> None:
       raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
   if not (isinstance(config.warm_start_steps, int) and config.warm_start_steps >= 0):
     raise ValueError(f'warm_start_steps must be an integer >= 0, got {config.warm_start_steps!r}')
-  for path, layout in config.layouts.items():
-    for kind in (layout.kind_a, layout.kind_b):
-      if kind not in inverses.FACTOR_KINDS:
-        raise ValueError(f'layer {path}: factor kind must be one of {inverses.FACTOR_KINDS}, '
-                         f'got {kind!r}')
-
-
-def zero_factors(config: CurvatureConfig) -> Factors:
-  """All-zero stored factors of every layer in `config.layouts`."""
-  def zeros(dim, kind):
-    return jnp.zeros(inverses.stored_factor_shape(dim, kind), config.dtype)
-  return {path: (zeros(layout.dim_a, layout.kind_a), zeros(layout.dim_b, layout.kind_b))
-          for path, layout in config.layouts.items()}
 
 
 def init_curvature_state(config: CurvatureConfig) -> CurvatureState:
-  """Zero factors, identity-like inverses (see `InverseScheme.identity`), counters at 0."""
+  """Every block's initial state (identity-like preconditioners), counters at 0."""
   validate_config(config)
-  scheme = inverses.inverse_scheme(config.damping_mode)
-  factors = zero_factors(config)
-  return CurvatureState(
-      step=jnp.zeros([], jnp.int32),
-      factors=factors,
-      factor_counts={path: jnp.zeros([], jnp.int32) for path in factors},
-      inverses={path: scheme.identity(a, b) for path, (a, b) in factors.items()},
-      num_nonfinite=jnp.zeros([], jnp.int32))
+  zeros = {path: jnp.zeros([], jnp.int32) for path in config.blocks}
+  return CurvatureState(step=jnp.zeros([], jnp.int32),
+                        blocks={path: block.init() for path, block in config.blocks.items()},
+                        counts=zeros, rejected=zeros, consecutive_rejected=zeros)
 
 
-def compress_factors(raw_factors: Mapping[LayerPath, Tuple[jax.Array, jax.Array]],
-                     config: CurvatureConfig) -> Factors:
-  """Full `[d, d]` factors -> stored forms of `config.layouts`, cast to `config.dtype`.
-
-  Raises:
-    KeyError: when a layer of `config.layouts` is missing from `raw_factors`.
-    ValueError: when a factor's shape disagrees with its layout.
-  """
-  stored = {}
-  for path, layout in config.layouts.items():
-    factor_a, factor_b = raw_factors[path]
-    for factor, dim in ((factor_a, layout.dim_a), (factor_b, layout.dim_b)):
-      if factor.shape != (dim, dim):
-        raise ValueError(f'layer {path}: factor of shape {factor.shape}, expected {(dim, dim)}')
-    stored[path] = (inverses.compress_factor(factor_a.astype(config.dtype), layout.kind_a),
-                    inverses.compress_factor(factor_b.astype(config.dtype), layout.kind_b))
-  return stored
+def all_finite(tree: Any) -> jax.Array:
+  """Scalar bool: every element of every array leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def ema_weight(count: jax.Array, ema_decay: float) -> jax.Array:
@@ -166,46 +121,44 @@ def ema_weight(count: jax.Array, ema_decay: float) -> jax.Array:
   return jnp.maximum(1.0 - ema_decay, 1.0 / (count.astype(jnp.float32) + 1.0))
 
 
-def update_factors(state: CurvatureState,
-                   raw_factors: Mapping[LayerPath, Tuple[jax.Array, jax.Array]],
-                   config: CurvatureConfig) -> CurvatureState:
-  """Fold new full factors into the EMA; layers whose new factors are non-finite keep theirs."""
-  new_stored = compress_factors(raw_factors, config)
-  factors, counts, rejected = {}, {}, []
-  for path, old in state.factors.items():
-    new = new_stored[path]
-    count = state.factor_counts[path]
-    finite = inverses.all_finite(new)
-    weight = ema_weight(count, config.ema_decay).astype(config.dtype)
-    blended = tuple((1 - weight) * o + weight * n for o, n in zip(old, new))
-    factors[path] = tuple(jnp.where(finite, b, o) for b, o in zip(blended, old))
-    counts[path] = count + finite.astype(jnp.int32)
-    rejected.append(jnp.logical_not(finite))
-  return state._replace(factors=factors, factor_counts=counts,
-                        num_nonfinite=state.num_nonfinite + _count_true(rejected))
+def _accept_or_keep(state: CurvatureState, new_blocks: Mapping[LayerPath, Any],
+                    accept: Mapping[LayerPath, jax.Array], reject: Mapping[LayerPath, jax.Array]
+                    ) -> CurvatureState:
+  """Store each layer's new block state where `accept`, count it where `reject`."""
+  blocks, rejected, consecutive = {}, {}, {}
+  for path, old in state.blocks.items():
+    blocks[path] = jax.tree_util.tree_map(lambda n, o, ok=accept[path]: jnp.where(ok, n, o),
+                                          new_blocks[path], old)
+    bad = reject[path].astype(jnp.int32)
+    rejected[path] = state.rejected[path] + bad
+    consecutive[path] = jnp.where(accept[path], 0, state.consecutive_rejected[path] + bad)
+  return state._replace(blocks=blocks, rejected=rejected, consecutive_rejected=consecutive)
+
+
+def update_statistics(state: CurvatureState, statistics: Mapping[LayerPath, LayerStatistics],
+                      config: CurvatureConfig) -> CurvatureState:
+  """Fold one batch's statistics into every block; non-finite new states are rejected."""
+  new_blocks, finite = {}, {}
+  for path, block in config.blocks.items():
+    weight = ema_weight(state.counts[path], config.ema_decay)
+    new_blocks[path] = block.update(state.blocks[path], block.statistics(statistics[path]), weight)
+    finite[path] = all_finite(new_blocks[path])
+  state = _accept_or_keep(state, new_blocks, finite,
+                          {path: jnp.logical_not(ok) for path, ok in finite.items()})
+  counts = {path: count + finite[path].astype(jnp.int32) for path, count in state.counts.items()}
+  return state._replace(counts=counts)
 
 
 def update_inverses(state: CurvatureState, config: CurvatureConfig) -> CurvatureState:
-  """Recompute every layer's damped inverse from the EMA; non-finite ones keep the last good.
-
-  A layer without any accepted factor update yet keeps its identity-like initial inverse.
-  """
-  scheme = inverses.inverse_scheme(config.damping_mode)
-  new_inverses, rejected = {}, []
-  for path, (factor_a, factor_b) in state.factors.items():
-    old = state.inverses[path]
-    new = scheme.compute(factor_a, factor_b, config.damping, config.eigh_dtype)
-    finite = inverses.all_finite(new)
-    accept = finite & (state.factor_counts[path] > 0)
-    new_inverses[path] = jax.tree_util.tree_map(lambda n, o: jnp.where(accept, n, o), new, old)
-    rejected.append(jnp.logical_not(finite))
-  return state._replace(inverses=new_inverses,
-                        num_nonfinite=state.num_nonfinite + _count_true(rejected))
-
-
-def _count_true(flags: list) -> jax.Array:
-  """int32 number of true scalar flags."""
-  return jnp.sum(jnp.stack(flags).astype(jnp.int32)) if flags else jnp.zeros([], jnp.int32)
+  """Refresh every block's inverse; non-finite ones keep the last good. A layer without
+  accepted statistics yet keeps its identity-like initial inverse."""
+  new_blocks, accept, reject = {}, {}, {}
+  for path, block in config.blocks.items():
+    new_blocks[path] = block.invert(state.blocks[path], config.damping)
+    finite = all_finite(new_blocks[path])
+    accept[path] = finite & (state.counts[path] > 0)
+    reject[path] = jnp.logical_not(finite)
+  return _accept_or_keep(state, new_blocks, accept, reject)
 
 
 def is_due(step: Any, every: int, warm_start_steps: int = 0) -> Any:
@@ -217,23 +170,22 @@ def is_due(step: Any, every: int, warm_start_steps: int = 0) -> Any:
 def _when_due(every: int, warm_start_steps: int, step: jax.Array,
               update: Callable[[CurvatureState], CurvatureState],
               state: CurvatureState) -> CurvatureState:
-  """`update(state)` on steps that are multiples of `every` or below `warm_start_steps` (a
-  `lax.cond`; direct for `every == 1`)."""
+  """`update(state)` on due steps (a `lax.cond`; direct for `every == 1`)."""
   if every == 1:
     return update(state)
   return jax.lax.cond(is_due(step, every, warm_start_steps), update,
                       lambda unchanged: unchanged, state)
 
 
-def update_curvature(state: CurvatureState, factors_fn: Callable[[], Mapping[LayerPath, Any]],
+def update_curvature(state: CurvatureState,
+                     statistics_fn: Callable[[], Mapping[LayerPath, LayerStatistics]],
                      config: CurvatureConfig) -> CurvatureState:
-  """One curvature step: factors when due, then inverses when due, then `step + 1` (due: see
-  `is_due`).
+  """One curvature step: statistics when due, then inverses when due, then `step + 1`.
 
   Args:
     state: the current state.
-    factors_fn: `() -> {layer_path: (A [dim_a, dim_a], B [dim_b, dim_b])}`, the statistics of the
-      current batch; only called (traced into the due branch) when factors are due.
+    statistics_fn: `() -> {layer_path: LayerStatistics}` of the current batch; only called
+      (traced into the due branch) when statistics are due.
     config: the static settings.
 
   Returns:
@@ -241,7 +193,7 @@ def update_curvature(state: CurvatureState, factors_fn: Callable[[], Mapping[Lay
   """
   step = state.step
   state = _when_due(config.cov_update_every, config.warm_start_steps, step,
-                    lambda s: update_factors(s, factors_fn(), config), state)
+                    lambda s: update_statistics(s, statistics_fn(), config), state)
   state = _when_due(config.inverse_update_every, config.warm_start_steps, step,
                     lambda s: update_inverses(s, config), state)
   return state._replace(step=step + 1)
@@ -249,8 +201,6 @@ def update_curvature(state: CurvatureState, factors_fn: Callable[[], Mapping[Lay
 
 def precondition_layers(state: CurvatureState, layer_grads: Mapping[LayerPath, jax.Array],
                         config: CurvatureConfig) -> Dict[LayerPath, jax.Array]:
-  """Multiply each layer's `[dim_a, dim_b]` gradient matrix by its cached damped inverse."""
-  scheme = inverses.inverse_scheme(config.damping_mode)
-  return {path: scheme.apply(state.inverses[path], grad.astype(config.dtype), config.damping
-                             ).astype(grad.dtype)
+  """Multiply each layer's `[dim_a, dim_b]` gradient matrix by its block's damped inverse."""
+  return {path: config.blocks[path].apply(state.blocks[path], grad, config.damping)
           for path, grad in layer_grads.items()}

@@ -6,7 +6,7 @@ learning", section 3 and Algorithm 1); Eschenhagen et al. 2023 (K-FAC-expand and
 whose cheaper statistics speed this up).
 
 **Model.** The parameters `theta` (the `'params'` collection) are split into groups: every layer
-K-FAC covers (`kfac.capture`: the kernel and bias of a Dense/DenseGeneral/Conv, one Kronecker
+K-FAC covers (`kfac.tracing`: the kernel and bias of a Dense/DenseGeneral/Conv, one Kronecker
 block) has the prior `N(0, delta_l^-1 I)` over its `P_l` parameters, with `delta_l` learned; every
 other parameter (BatchNorm and LayerNorm scales and offsets, embeddings, ...) has the fixed
 isotropic prior `N(0, delta_0^-1 I)` (`LaplaceConfig.rest_prior_precision`). The likelihood is
@@ -58,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kfac import capture, factors, inverses, layers, losses
+from kfac import factors, layers, losses, param_paths, tracing
+from kfac.blocks.kron import factor_eigen
 
 LayerPath = Tuple[str, ...]
 
@@ -192,9 +193,9 @@ def kron_log_determinant(eigenvalues_a: jax.Array, eigenvalues_b: jax.Array, sca
 # -- Parameter groups --------------------------------------------------------------------------
 
 
-def _layer_parameters(params: Any, info: capture.LayerInfo) -> Tuple[jax.Array, ...]:
+def _layer_parameters(params: Any, info: tracing.LayerInfo) -> Tuple[jax.Array, ...]:
   """The kernel (and bias) of a covered layer, from the `'params'` collection of `params`."""
-  collection = capture.param_collection(params)
+  collection = param_paths.param_collection(params)
   paths = (info.kernel_path,) if info.bias_path is None else (info.kernel_path, info.bias_path)
   leaves = []
   for path in paths:
@@ -209,22 +210,22 @@ def _square_norm(arrays: Iterable[jax.Array]) -> jax.Array:
   return sum(jnp.sum(jnp.square(a.astype(jnp.float32))) for a in arrays)
 
 
-def group_square_norms(params: Any, layer_infos: Mapping[LayerPath, capture.LayerInfo]
+def group_square_norms(params: Any, layer_infos: Mapping[LayerPath, tracing.LayerInfo]
                        ) -> Tuple[Dict[LayerPath, jax.Array], jax.Array]:
   """`({layer_path: ||theta_l||^2}, ||theta_0||^2)` over the `'params'` collection."""
   layer_norms = {path: _square_norm(_layer_parameters(params, info))
                  for path, info in layer_infos.items()}
-  total = _square_norm(jax.tree_util.tree_leaves(capture.param_collection(params)))
+  total = _square_norm(jax.tree_util.tree_leaves(param_paths.param_collection(params)))
   return layer_norms, total - sum(layer_norms.values())
 
 
-def group_sizes(params: Any, layer_infos: Mapping[LayerPath, capture.LayerInfo]
+def group_sizes(params: Any, layer_infos: Mapping[LayerPath, tracing.LayerInfo]
                 ) -> Tuple[Dict[LayerPath, int], int]:
   """`({layer_path: P_l}, P_0)`: parameters per covered layer and uncovered parameters."""
   layer_sizes = {path: int(np.prod(info.kernel_shape)) + int(np.prod(info.bias_shape or (0,)))
                  for path, info in layer_infos.items()}
   total = sum(int(np.prod(leaf.shape))
-              for leaf in jax.tree_util.tree_leaves(capture.param_collection(params)))
+              for leaf in jax.tree_util.tree_leaves(param_paths.param_collection(params)))
   return layer_sizes, total - sum(layer_sizes.values())
 
 
@@ -234,7 +235,7 @@ def prior_precisions(hyperparameters: Hyperparameters) -> Dict[LayerPath, jax.Ar
 
 
 def prior_penalty(params: Any, hyperparameters: Hyperparameters,
-                  layer_infos: Mapping[LayerPath, capture.LayerInfo],
+                  layer_infos: Mapping[LayerPath, tracing.LayerInfo],
                   config: LaplaceConfig) -> jax.Array:
   """The negative log prior without its normaliser: `1/2 sum_g delta_g ||theta_g||^2`.
 
@@ -313,14 +314,14 @@ def add_statistics(first: LaplaceStatistics, second: LaplaceStatistics) -> Lapla
 
 
 def laplace_fit(statistics: LaplaceStatistics, params: Any,
-                layer_infos: Mapping[LayerPath, capture.LayerInfo], config: LaplaceConfig,
+                layer_infos: Mapping[LayerPath, tracing.LayerInfo], config: LaplaceConfig,
                 num_data: Optional[float] = None) -> LaplaceFit:
   """Averages the factors over the batches, decomposes them and measures the parameter groups.
 
   Args:
     statistics: sums over the batches (`batch_statistics`, `add_statistics`).
     params: the model variables at which the statistics were taken.
-    layer_infos: the covered layers (`kfac.capture.layer_report(...).layers`).
+    layer_infos: the covered layers (`kfac.layer_report(...).layers`).
     config: the static settings.
     num_data: `N`, the training-set size; the batches may cover a subset, in which case the
       curvature (`N` times the mean factors) and the summed loss are scaled up to `N` examples.
@@ -333,8 +334,8 @@ def laplace_fit(statistics: LaplaceStatistics, params: Any,
   num_data = statistics.num_examples if num_data is None else jnp.asarray(num_data, jnp.float32)
   eigenvalues = {}
   for path, (sum_a, sum_b) in statistics.factors.items():
-    eigen_a = inverses.factor_eigen(sum_a / count, config.eigh_dtype)
-    eigen_b = inverses.factor_eigen(sum_b / count, config.eigh_dtype)
+    eigen_a = factor_eigen(sum_a / count, config.eigh_dtype)
+    eigen_b = factor_eigen(sum_b / count, config.eigh_dtype)
     eigenvalues[path] = (eigen_a.values, eigen_b.values)
   layer_norms, rest_norm = group_square_norms(params, layer_infos)
   layer_sizes, rest_size = group_sizes(params, layer_infos)

@@ -98,7 +98,7 @@ def mac_precondition(a_bar: jax.Array, grad: jax.Array, damping: jax.Array) -> j
   return grad - jnp.outer(a_bar, projection) / (damping + jnp.dot(a_bar, a_bar))
 
 
-# -- Attention --------------------------------------------------------------------------------------
+# -- Attention ---------------------------------------------------------------------------------
 
 
 class AttentionCall(NamedTuple):
@@ -221,7 +221,7 @@ def record_attention(records: Dict[LayerPath, List[AttentionCall]]) -> Iterator[
     yield
 
 
-# -- Input layers -----------------------------------------------------------------------------------
+# -- Input layers ------------------------------------------------------------------------------
 
 
 def input_layer_paths(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inputs: Any,

@@ -14,12 +14,12 @@ Everything runs in one process, side by side, on random data of the real shapes:
 
 Each case times four phases, expand against reduce, through the library itself:
 
-* `statistics`: `kfac.compute_factors(flavour=...)` (MC Fisher, one sample, by default);
-* `inverse`: `kfac.curvature.update_inverses` on factors of that flavour (eigendecompositions,
+* `statistics`: `kfac.compute_statistics` of each flavour (MC Fisher, one sample, by default);
+* `inverse`: `kfac.curvature.update_inverses` on statistics of that flavour (eigendecompositions,
   exact damping), the work `T_inv` amortises;
 * `precondition`: the damped-inverse product of every covered layer's gradient
-  (`kfac.optimizer.layer_gradients` -> `kfac.curvature.precondition_layers` ->
-  `kfac.optimizer.parameter_updates`);
+  (`kfac.param_paths.layer_gradients` -> `kfac.curvature.precondition_layers` ->
+  `kfac.param_paths.parameter_updates`);
 * `total`: one jitted `kfac.precondition(...).update` with statistics and inverses due
   (`T_cov = T_inv = 1`): all of the above in one program, as a training step runs it.
 
@@ -77,12 +77,12 @@ import scipy.linalg  # noqa: E402,F401  (loads the OpenBLAS of jax's CPU LAPACK 
 import threadpoolctl  # noqa: E402
 
 import kfac  # noqa: E402
-from kfac import curvature, optimizer  # noqa: E402
+from kfac import curvature, param_paths, plan as planning  # noqa: E402
 from workloads.cifar_wrn import configs as wrn_configs  # noqa: E402
 from workloads.cifar_wrn.model import WideResNet  # noqa: E402
 from workloads.imagenet_vit import configs as vit_configs  # noqa: E402
 from workloads.imagenet_vit.model import ViT  # noqa: E402
-from benchmark import machine  # noqa: E402
+from benchmark import environment  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'Tiny models and sizes, 2 repeats, XLA backend optimisation '
@@ -209,7 +209,7 @@ def time_phase(programs: Dict[str, Tuple[Any, Sequence[Any]]], repeats: int) -> 
       times[flavour].append(time.perf_counter() - start)
   return PhaseResult(
       seconds={f: statistics.median(t) for f, t in times.items()},
-      peak_mib={f: machine.peak_mib(compiled) for f, (compiled, _) in programs.items()})
+      peak_mib={f: environment.peak_mib(compiled) for f, (compiled, _) in programs.items()})
 
 
 def compile_programs(functions: Dict[str, Tuple[Callable[..., Any], Tuple[Any, ...]]]
@@ -232,7 +232,7 @@ class CurvaturePrograms(NamedTuple):
   inverse and one compiled precondition program serve every case of a model and both flavours.
   """
 
-  plan: optimizer.Plan
+  plan: planning.Plan
   config: curvature.CurvatureConfig
   initial_state: curvature.CurvatureState
   update_factors: Callable[..., Any]
@@ -245,24 +245,24 @@ def curvature_programs(apply_fn: Callable[..., Any], params: Any, images: jax.Ar
   """Plans the optimiser's layers (as `kfac.precondition` does), builds its initial state (what
   `kfac.precondition(...).init` returns, the same for both flavours) and compiles the inverse
   (`update_inverses`) and precondition programs."""
-  options = optimizer.validate_options(optimizer.PreconditionOptions(
+  options = planning.validate_options(planning.PreconditionOptions(
       loss=LOSS, sample_inputs=images, fisher_type=fisher_type, damping=damping,
-      damping_mode='exact', cov_update_every=1, inverse_update_every=1))
-  plan = optimizer.make_plan(apply_fn, params, images, options)
-  config = optimizer.curvature_config(
-      {path: layer.layout for path, layer in plan.layers.items()}, options)
+      inverse_method='eigh', cov_update_every=1, inverse_update_every=1))
+  plan = planning.make_plan(apply_fn, params, images, options)
+  config = planning.curvature_config(plan.layers, options)
+  infos = {path: layer.info for path, layer in plan.layers.items()}
   state = jax.jit(functools.partial(curvature.init_curvature_state, config))()
 
   def precondition_fn(curvature_state, gradients):
     matrices = curvature.precondition_layers(
-        curvature_state, optimizer.layer_gradients(plan, gradients), config)
-    return optimizer.parameter_updates(plan, matrices)
+        curvature_state, param_paths.layer_gradients(infos, gradients), config)
+    return param_paths.parameter_updates(infos, matrices)
 
   programs = compile_programs({
       'inverse': (functools.partial(curvature.update_inverses, config=config), (state,)),
       'precondition': (precondition_fn, (state, grads))})
   return CurvaturePrograms(plan, config, state,
-                           jax.jit(functools.partial(curvature.update_factors, config=config)),
+                           jax.jit(functools.partial(curvature.update_statistics, config=config)),
                            programs['inverse'][0], programs['precondition'][0])
 
 
@@ -292,7 +292,9 @@ def time_case(case: Case, params: Any, state: Dict[str, Any], grads: Any,
   results = {}
   statistics_functions = {}
   for flavour in FLAVOURS:
-    statistics_fn = functools.partial(kfac.compute_factors, apply_fn, loss=LOSS, flavour=flavour,
+    report = kfac.layer_report(apply_fn, params, images)
+    statistics_fn = functools.partial(kfac.compute_statistics, apply_fn, loss=LOSS, report=report,
+                                      flavours={path: flavour for path in report.layers},
                                       fisher_type=fisher_type)
     statistics_functions[flavour] = (lambda p, x, y, key, fn=statistics_fn: fn(p, x, y, rng=key),
                                      (params, images, labels, rng))
@@ -304,7 +306,7 @@ def time_case(case: Case, params: Any, state: Dict[str, Any], grads: Any,
   for flavour in FLAVOURS:
     preconditioner = kfac.precondition(
         apply_fn, loss=LOSS, sample_inputs=images, flavour=flavour, fisher_type=fisher_type,
-        damping=damping, damping_mode='exact', cov_update_every=1, inverse_update_every=1)
+        damping=damping, inverse_method='eigh', cov_update_every=1, inverse_update_every=1)
 
     def update(gradients, precondition_state, p, x, y, key, preconditioner=preconditioner):
       return preconditioner.update(gradients, precondition_state, p, inputs=x, targets=y, rng=key)
@@ -347,7 +349,7 @@ def result_rows(case: Case, sweeps: Sequence[str],
 
 
 def machine_lines(quick: bool) -> List[str]:
-  lines = machine.machine_lines()
+  lines = environment.machine_lines()
   if quick:
     lines.append('- **--quick**: tiny models, XLA backend optimisation off: a smoke run, '
                  'not the benchmark')

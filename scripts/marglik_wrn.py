@@ -48,7 +48,7 @@ from kfac import laplace  # noqa: E402
 import workloads  # noqa: E402
 from contract.types import ForwardPassMode  # noqa: E402
 from workloads.cifar_wrn.workload import CifarWrnWorkload  # noqa: E402
-from benchmark import machine  # noqa: E402
+from benchmark import environment  # noqa: E402
 
 FLAGS = flags.FLAGS
 # The issue's goal: marglik steps with reduce at least this much faster than with expand, at
@@ -190,7 +190,7 @@ def train_flavour(workload: CifarWrnWorkload, flavour: str, settings: RunSetting
     return model.apply(variables, images, train=False)
 
   sample = next(marglik_queue)
-  layer_infos = kfac.capture.layer_report(
+  layer_infos = kfac.layer_report(
       laplace_apply, {'params': params, **model_state}, jnp.asarray(sample['inputs'])).layers
   config = laplace.LaplaceConfig(
       likelihood='classification', flavour=flavour, fisher_type=FLAGS.fisher_type,
@@ -306,7 +306,7 @@ def write_markdown(path: str, workload: CifarWrnWorkload, settings: RunSettings,
       f'precision fixed at {FLAGS.rest_prior_precision}. Same seed ({FLAGS.seed}), '
       'initialisation and data order for both flavours.',
       '',
-      *machine.machine_lines(),
+      *environment.machine_lines(),
       '',
       '| flavour | test accuracy | test NLL | final log marglik / N | marglik steps | '
       'marglik wall-clock s | of which statistics s | eigh s | hyper steps s | training s '

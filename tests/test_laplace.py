@@ -87,7 +87,7 @@ def laplace_fitter(apply_fn, config):
     for x, y in zip(np.split(inputs, num_batches), np.split(targets, num_batches)):
       batch = statistics_fn(params, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
       total = batch if total is None else laplace.add_statistics(total, batch)
-    layer_infos = kfac.capture.layer_report(apply_fn, params,
+    layer_infos = kfac.layer_report(apply_fn, params,
                                             jnp.asarray(inputs, jnp.float32)).layers
     return laplace.laplace_fit(total, params, layer_infos, config), layer_infos
 

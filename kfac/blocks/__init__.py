@@ -8,7 +8,7 @@ from typing import Dict
 
 from kfac.blocks.base import (FACTOR_FORMS, BlockFactory, BlockOptions, CurvatureBlock,
                               LayerStatistics, UnsupportedLayer)
-from kfac.blocks import cholesky, kron
+from kfac.blocks import cholesky, kron, lowrank, mac
 
 BLOCK_FACTORIES: Dict[str, BlockFactory] = {
     'eigh': kron.make_eigh_block,
@@ -16,6 +16,10 @@ BLOCK_FACTORIES: Dict[str, BlockFactory] = {
     'cholesky': cholesky.make_cholesky_block,
     'diagonal': kron.make_diagonal_block,
     'identity': kron.make_identity_block,
+    'rsvd': lowrank.make_rsvd_block,
+    'brand': lowrank.make_brand_block,
+    'brand_rsvd': lowrank.make_brand_rsvd_block,
+    'mac': mac.make_mac_block, 'mac_input': mac.make_mac_input_block,
 }
 
 

@@ -3,7 +3,7 @@
 A covered layer's gradient is a matrix `G [dim_a, dim_b]` (`dim_a = P_in (+1 with a bias)`,
 `dim_b = P_out`; see `kfac.param_paths`). A *curvature block* approximates the layer's curvature
 and multiplies `G` by its damped inverse. Blocks are pure functions over an explicit state
-(the kfac-jax idea, in optax style, see docs/kfac.md):
+(the kfac-jax idea, in optax style):
 
 * `init() -> state`: zero statistics and an identity-like preconditioner;
 * `statistics(LayerStatistics) -> stats`: what the block keeps of one batch's rows;

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kfac import mac
-from kfac.blocks.base import BlockOptions, CurvatureBlock, LayerStatistics
+from kfac import defaults, mac
+from kfac.blocks.base import BlockOptions, CurvatureBlock, LayerStatistics, UnsupportedLayer
 from kfac.blocks.cholesky import damped_cholesky, solve_left
 
 
@@ -69,8 +69,14 @@ class MacInputState(NamedTuple):
 
 
 def make_mac_input_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
-  """The 'mac_input' block (see the module docstring)."""
+  """The 'mac_input' block (see the module docstring).
+
+  Raises:
+    UnsupportedLayer: `dim_a > kfac.defaults.MAX_FACTOR_DIM` (a dense `[d_a, d_a]` factor).
+  """
   del dim_b
+  if dim_a > defaults.MAX_FACTOR_DIM:
+    raise UnsupportedLayer(f'input covariance of side {dim_a} > {defaults.MAX_FACTOR_DIM}')
 
   def init() -> MacInputState:
     eye = jnp.eye(dim_a, dtype=options.dtype)
