@@ -10,6 +10,7 @@ import jraph
 import numpy as np
 import pytest
 
+import kfac
 from kfac import factors, mac, tracing
 from kfac.blocks import BlockOptions, LayerStatistics, make_block
 
@@ -223,3 +224,45 @@ def test_input_layers_of_a_graph_network_and_their_overrides():
   methods, flavours = mac.mac_overrides(paths)
   assert methods == {'node_embedding': 'mac_input', 'edge_embedding': 'mac_input'}
   assert set(flavours.values()) == {'expand'}
+
+
+class _MLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3, name='head')(jnp.tanh(nn.Dense(4, name='hidden')(x)))
+
+
+def test_mac_through_precondition_equals_the_hand_computed_steps():
+  """One `kfac.precondition` update (statistics and inverse at step 0): the input layer gets
+  `damping (E[x x^T] + damping I)^-1 G`, the next layer the Sherman-Morrison step with the mean
+  hidden activation, both over the valid examples only (numpy oracle)."""
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(6, 5)).astype(np.float32) + 0.5
+  mask = np.array([1, 1, 0, 1, 1, 0], np.float32)
+  x[mask == 0] = 50.0  # padding examples: must not enter the statistics
+  model, damping = _MLP(), 0.7
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), params)
+  report = tracing.layer_report(model.apply, params, x)
+  methods, flavours = mac.mac_overrides(mac.input_layer_paths(model.apply, params, x, report))
+  assert methods == {'hidden': 'mac_input'}
+  transform = kfac.precondition(model.apply, loss='mse', sample_inputs=x, inverse_method='mac',
+                                inverse_method_overrides=methods, flavour_overrides=flavours,
+                                damping=damping, fisher_type='type2')
+  grads = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), params)
+  updates, _ = jax.jit(lambda g, p: transform.update(
+      g, transform.init(p), p, inputs=x, targets=jnp.zeros((6, 3)), mask=mask))(grads, params)
+
+  def as_matrix(tree, name):
+    return np.concatenate([tree['params'][name]['kernel'], tree['params'][name]['bias'][None]])
+
+  valid = np.concatenate([x[mask == 1], np.ones((4, 1))], axis=1).astype(np.float64)
+  covariance = valid.T @ valid / 4
+  expected_hidden = damping * np.linalg.solve(covariance + damping * np.eye(6),
+                                              as_matrix(grads, 'hidden'))
+  p = params['params']['hidden']
+  hidden = np.tanh(x[mask == 1].astype(np.float64) @ p['kernel'] + p['bias'])
+  a_bar = np.append(hidden.mean(axis=0), 1.0)
+  expected_head = damping * _dense_solve(a_bar, as_matrix(grads, 'head'), damping)
+  np.testing.assert_allclose(as_matrix(updates, 'hidden'), expected_hidden, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(as_matrix(updates, 'head'), expected_head, rtol=1e-4, atol=1e-5)
