@@ -1,102 +1,147 @@
 """`kfac-bench`: run submissions on workloads, report leaderboards, describe workloads.
 
-  kfac-bench run --workload=ogbg_molpcba --config=small \
+  kfac-bench run --workload=ogbg_small --framework=jax \
       --submission_path=submissions/ogbg_molpcba/nesterov.py \
       --tuning_search_space=tuning_search_spaces/ogbg_molpcba/nesterov.json \
       --num_tuning_trials=1 --experiment_dir=experiments --experiment_name=demo --rng_seed=0
   kfac-bench report experiments/demo [--format=json] [--json_full] [--out=report_dir]
-  kfac-bench describe --workload=ogbg_molpcba --config=full --format=json
-  kfac-bench build-data --workload=ogbg_molpcba
+      [--score=upstream] [--comparison=comparison.json]
+  kfac-bench describe --workload=ogbg --format=json
+  kfac-bench build-data --workload=ogbg
 
-Flags are named like AlgoPerf's submission runner. Bad input prints one line and exits 2.
+Flags are named like upstream AlgoPerf's `submission_runner.py`; workload names are upstream's
+(`ogbg`, `imagenet_vit`, `cifar` for the full configs) or variants `<base>_<config>`
+(`ogbg_small`); `--config` names the config separately. Bad input prints one line and exits 2.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
-from typing import List
+from typing import List, Tuple
 
 from absl import app, flags
 
 from contract.errors import BenchmarkError
-from benchmark import submission_loader
 
 COMMANDS = ('run', 'report', 'describe', 'build-data')
+# Loggers whose INFO lines are noise to a user (jax's "Unable to initialize backend 'tpu'" on
+# every CPU machine); set before jax initialises its backends.
+QUIET_LOGGERS = ('jax._src.xla_bridge', 'jax._src.compiler', 'absl')
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workload', None, 'Workload name: ogbg_molpcba, imagenet_vit, cifar_wrn.')
-flags.DEFINE_string('config', 'small', 'Workload config: full, small or tiny.')
+flags.DEFINE_string('workload', None, 'Workload: ogbg, imagenet_vit, cifar (full configs) or a '
+                    'variant <base>_<config> (ogbg_small, cifar_tiny, ...).')
+flags.DEFINE_string('config', None, 'Workload config (full, small, tiny); default: the one the '
+                    'workload name carries (full for a base name).')
+flags.DEFINE_enum('framework', 'jax', ['jax', 'pytorch'], 'Upstream\'s flag; only jax runs here.')
 flags.DEFINE_string('data_source', None, 'embedded (no download) or tfds; default by config.')
 flags.DEFINE_string('data_dir', None, 'tensorflow-datasets directory (data_source=tfds).')
 flags.DEFINE_string('submission_path', None, 'Submission module file or dotted module name.')
-flags.DEFINE_string('tuning_search_space', None, 'JSON search space of the submission.')
+flags.DEFINE_enum('tuning_ruleset', 'external', ['external', 'self'],
+                  'external: trials drawn from --tuning_search_space; self: no search space, '
+                  'hyperparameters None, 1.5x the runtime budget.')
+flags.DEFINE_string('tuning_search_space', None, 'JSON search space (external tuning).')
 flags.DEFINE_integer('num_tuning_trials', 1, 'Trials per study (external tuning ruleset).')
+flags.DEFINE_integer('hparam_start_index', None, 'Run trials from this index of each study.')
+flags.DEFINE_integer('hparam_end_index', None, 'Run trials up to (not incl.) this index.')
 flags.DEFINE_integer('num_studies', 1, 'Independent studies (seeds) per submission.')
 flags.DEFINE_string('experiment_dir', 'experiments', 'Root folder of experiments.')
 flags.DEFINE_string('experiment_name', 'default', 'Experiment folder below experiment_dir.')
 flags.DEFINE_integer('rng_seed', 0, 'Seed of trial draws and training.')
 flags.DEFINE_integer('max_global_steps', None, 'Stop a trial after this many steps.')
-flags.DEFINE_float('max_runtime_sec', None, 'Submission-time budget (default: the workload\'s).')
-flags.DEFINE_integer('eval_every_steps', None, 'Evaluate every N steps (default: the workload\'s '
-                     'step period, else its time period).')
-flags.DEFINE_boolean('stop_on_target', True, 'Stop a trial at the first evaluation on target.')
+flags.DEFINE_float('max_runtime_sec', None, 'Submission-time budget (default: the workload\'s, '
+                   'x1.5 under self-tuning).')
+flags.DEFINE_integer('eval_period_steps', None, 'Evaluate every N steps (default: the workload\'s '
+                     'step period, else every eval_period_time_sec of wall-clock).')
+flags.DEFINE_boolean('stop_on_target', True, 'Stop a trial once both targets are reached.')
 flags.DEFINE_boolean('overwrite', False, 'Rerun finished trials of this experiment.')
 flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'], 'Output format of report/describe.')
 flags.DEFINE_string('out', None, 'report: also write report.md, report.html (self-contained), '
                     'report.json (the full report) and the PNG plots to this folder.')
-flags.DEFINE_boolean('json_full', False, 'report: print the full report object as JSON (rows, '
-                     'performance profiles, scores, time breakdown, metadata) instead of --format.')
+flags.DEFINE_boolean('json_full', False, 'report: print the full report object as JSON.')
+flags.DEFINE_enum('score', 'ours', ['ours', 'upstream'], 'report: the score method; upstream '
+                  'computes it exactly as AlgoPerf\'s scoring/performance_profile.py.')
+flags.DEFINE_string('comparison', None, 'report: the reference and pairs file (default '
+                    'benchmark/comparison.json).')
 
 
 def _require(name: str) -> str:
-  value = getattr(FLAGS, name)
+  value = FLAGS[name].value
   if value in (None, ''):
     raise BenchmarkError(f'--{name} is required')
   return value
 
 
+def _workload_and_config() -> Tuple[str, str]:
+  """(registry name, config) from --workload (`ogbg`, `ogbg_small`) and --config."""
+  import workloads
+  name, config_name = workloads.split_variant(_require('workload'))
+  if FLAGS.config is None:
+    return name, config_name
+  if config_name != 'full' and config_name != FLAGS.config:
+    raise BenchmarkError(f'--workload={FLAGS.workload} names config {config_name!r} but '
+                         f'--config={FLAGS.config}')
+  return name, FLAGS.config
+
+
 def _workload():
   import workloads
-  return workloads.get_workload(_require('workload'), FLAGS.config, data_dir=FLAGS.data_dir,
+  name, config_name = _workload_and_config()
+  return workloads.get_workload(name, config_name, data_dir=FLAGS.data_dir,
                                 data_source=FLAGS.data_source)
 
 
-def cmd_run(args: List[str]) -> int:
-  from benchmark import report, runner, tuning
-  if args:
-    raise BenchmarkError(f'unexpected arguments to run: {" ".join(args)}')
-  workload = _workload()
-  workload.check_data_available()
-  submission_path = _require('submission_path')
-  submission = submission_loader.load_submission(submission_path)
-  search_space = tuning.load_search_space(_require('tuning_search_space'))
+def _settings():
+  from benchmark.experiment import ExperimentSettings
+  from benchmark.trial import TrialSettings
   if FLAGS.num_studies < 1:
     raise BenchmarkError(f'--num_studies must be at least 1, got {FLAGS.num_studies}')
-  settings = runner.ExperimentSettings(
+  return ExperimentSettings(
       experiment_dir=FLAGS.experiment_dir, experiment_name=FLAGS.experiment_name,
-      num_tuning_trials=FLAGS.num_tuning_trials, num_studies=FLAGS.num_studies,
-      rng_seed=FLAGS.rng_seed, overwrite=FLAGS.overwrite,
-      trial=runner.TrialSettings(rng_seed=FLAGS.rng_seed, max_global_steps=FLAGS.max_global_steps,
-                                 max_runtime_sec=FLAGS.max_runtime_sec,
-                                 eval_every_steps=FLAGS.eval_every_steps,
-                                 stop_on_target=FLAGS.stop_on_target))
-  runner.run_experiment(workload, submission, submission_loader.submission_name(submission_path),
-                        search_space, settings, log=_log)
-  root = os.path.join(FLAGS.experiment_dir, FLAGS.experiment_name)
-  print(report.render(root, 'leaderboard'))
+      tuning_ruleset=FLAGS.tuning_ruleset, num_tuning_trials=FLAGS.num_tuning_trials,
+      num_studies=FLAGS.num_studies, hparam_start_index=FLAGS.hparam_start_index,
+      hparam_end_index=FLAGS.hparam_end_index, rng_seed=FLAGS.rng_seed,
+      overwrite=FLAGS.overwrite, flags=FLAGS.flag_values_dict(),
+      trial=TrialSettings(rng_seed=FLAGS.rng_seed, max_global_steps=FLAGS.max_global_steps,
+                          max_runtime_sec=FLAGS.max_runtime_sec,
+                          eval_period_steps=FLAGS.eval_period_steps,
+                          stop_on_target=FLAGS.stop_on_target))
+
+
+def cmd_run(args: List[str]) -> int:
+  from benchmark import report, submission_loader, tuning
+  from benchmark.experiment import experiment_root, run_experiment
+  if args:
+    raise BenchmarkError(f'unexpected arguments to run: {" ".join(args)}')
+  if FLAGS.framework != 'jax':
+    raise BenchmarkError(f'--framework={FLAGS.framework}: only jax submissions run here')
+  workload = _workload()
+  workload.check_data_available()
+  submission = submission_loader.load_submission(_require('submission_path'))
+  if FLAGS.tuning_ruleset == 'self' and FLAGS.tuning_search_space:
+    raise BenchmarkError('--tuning_ruleset=self takes no --tuning_search_space')
+  search_space = (None if FLAGS.tuning_ruleset == 'self'
+                  else tuning.load_search_space(_require('tuning_search_space')))
+  settings = _settings()
+  run_experiment(workload, submission, search_space, settings, log=_log)
+  print(report.render(experiment_root(settings), 'leaderboard'))
   return 0
 
 
 def cmd_report(args: List[str]) -> int:
   from benchmark import report
+  from benchmark.comparison import load_comparison
   if len(args) != 1:
     raise BenchmarkError('usage: kfac-bench report EXPERIMENT_DIR [--format=json] [--json_full] '
-                         '[--out=DIR]')
-  print(report.render(args[0], 'json_full' if FLAGS.json_full else FLAGS.format))
+                         '[--out=DIR] [--score=upstream] [--comparison=FILE]')
+  comparison = load_comparison(FLAGS.comparison)
+  fmt = 'json_full' if FLAGS.json_full else FLAGS.format
+  print(report.render(args[0], fmt, comparison, FLAGS.score))
   if FLAGS.out:
-    paths = report.write_report(args[0], FLAGS.out)
+    paths = report.write_report(args[0], FLAGS.out, comparison, FLAGS.score)
     print(f'wrote {len(paths)} report files to {FLAGS.out}', file=sys.stderr)
   return 0
 
@@ -118,13 +163,12 @@ def cmd_build_data(args: List[str]) -> int:
   import workloads
   if args:
     raise BenchmarkError(f'unexpected arguments to build-data: {" ".join(args)}')
-  names = [FLAGS.workload] if FLAGS.workload else sorted(workloads.WORKLOADS)
+  names = [_workload_and_config()[0]] if FLAGS.workload else sorted(workloads.WORKLOADS)
   for name in names:
-    cls = workloads.workload_class(name)
-    build = getattr(cls, 'build_embedded_data', None)
-    if build is None:
+    built = workloads.workload_class(name).build_embedded_data()
+    if built is None:
       raise BenchmarkError(f'workload {name!r} has no embedded data to build')
-    print(f'{name}: {build()}')
+    print(f'{name}: {built}')
   return 0
 
 
@@ -143,6 +187,8 @@ def main(argv: List[str]) -> int:
 
 
 def _main_with_errors(argv: List[str]) -> int:
+  for name in QUIET_LOGGERS:
+    logging.getLogger(name).setLevel(logging.WARNING)
   try:
     return main(argv)
   except BenchmarkError as e:

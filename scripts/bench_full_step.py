@@ -42,7 +42,7 @@ size (26 nodes and 56 edges per graph, one padding graph), 128 tasks.
 small ones (`SETUPS`; a full-size step would take minutes there); `--vit_batch_size`,
 `--wrn_batch_size`, `--ogbg_batch_size` override either. The report says which was used and
 states it plainly when the device is a CPU. Peak memory is XLA's `memory_analysis()` of each
-compiled step (`benchmark.machine.peak_mib`).
+compiled step (`benchmark.environment.peak_mib`).
 
   .venv/bin/python scripts/bench_full_step.py   # all three workloads, to docs/bench_full_step.md
   .venv/bin/python scripts/bench_full_step.py --workloads=ogbg_molpcba --repeats=3
@@ -63,7 +63,7 @@ import jax
 import numpy as np
 
 import workloads
-from benchmark import machine
+from benchmark import environment
 from contract.errors import BenchmarkError
 from contract.workload import Workload
 from submissions import common, kfac_submission, nesterov
@@ -243,7 +243,7 @@ class TimedRun:
 
   def timing(self) -> OptimiserTiming:
     return OptimiserTiming(self.optimiser, self.step_seconds, self.compile_seconds,
-                           machine.peak_mib(self.compiled))
+                           environment.peak_mib(self.compiled))
 
 
 def out_of_memory_error(workload: Workload, optimiser: str, batch_size: int,
@@ -285,7 +285,7 @@ def time_workload(workload: Workload, batch_size: int, repeats: int,
         raise out_of_memory_error(workload, optimiser, batch_size, error) from None
       raise
     log(f'{workload.variant_name} {optimiser}: compiled in {run.compile_seconds:.1f} s, '
-        f'XLA peak {machine.peak_mib(run.compiled):,.0f} MiB')
+        f'XLA peak {environment.peak_mib(run.compiled):,.0f} MiB')
     runs.append(run)
   for _ in range(repeats):
     for run in runs:
@@ -348,7 +348,7 @@ def write_report(path: str, timings: List[WorkloadTiming], batch_notes: Dict[str
       'XLA peak: `memory_analysis()` of the compiled step (arguments + outputs + temporaries - '
       'aliased).', '',
       device_statement(on_cpu), '',
-      *machine.machine_lines(), '',
+      *environment.machine_lines(), '',
       '| workload | parameters | batch size | batch |', '|---|---:|---|---|',
       *(f'| {t.workload} | {t.num_params:,} | {batch_notes[t.workload]} | '
         f'{t.batch_description} |' for t in timings), '',

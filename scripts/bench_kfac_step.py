@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 import kfac
-from benchmark.machine import machine_lines
+from benchmark.environment import machine_lines
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'Short run: 3 timed repeats instead of --repeats.')

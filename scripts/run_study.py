@@ -5,12 +5,12 @@ Every submission gets the same number of Halton trials per study (`--num_tuning_
 the same number of studies (`--num_studies`, seeds `rng_seed + s`), the same step cap and the
 same evaluation schedule; the search space is `<submission>_sweep.json` when it exists, else
 `<submission>.json` (`benchmark.jobs.sweep_space_path`). Trials stop at the target.
-All workloads write into one experiment (`--experiment_name`, default `study_<config>`), so
-`kfac-bench report experiments/study_small` gives one leaderboard and one performance profile
-over them. A rerun resumes: finished trials are skipped.
+All workloads write into one job folder (`--experiment_name`, default `study_<config>`; one
+experiment folder per submission inside it), so `kfac-bench report experiments/study_small`
+gives one leaderboard and one performance profile over them. A rerun resumes: finished trials are skipped.
 
-  make study WORKLOAD=ogbg_molpcba            # or imagenet_vit, cifar_wrn
-  make study WORKLOAD=cifar_wrn STUDY_TRIALS=2 STUDY_STUDIES=3
+  make study WORKLOAD=ogbg            # or imagenet_vit, cifar
+  make study WORKLOAD=cifar STUDY_TRIALS=2 STUDY_STUDIES=3
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from benchmark import jobs
 
 # The step cap of every trial of a study: half the ogbg small step_hint (3,000) and 0.4x the image
 # small configs' (1,000); 1.3-1.5x the measured reference steps to target.
-STUDY_MAX_STEPS = {'ogbg_molpcba': 1500, 'imagenet_vit': 400, 'cifar_wrn': 400}
+STUDY_MAX_STEPS = {'ogbg': 1500, 'imagenet_vit': 400, 'cifar': 400}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workload', 'ogbg_molpcba', 'Workload to study.')
+flags.DEFINE_string('workload', 'ogbg', 'Workload to study (registry name: ogbg, imagenet_vit, cifar).')
 flags.DEFINE_string('config', 'small', 'Workload config.')
 flags.DEFINE_string('experiment_dir', 'experiments', 'Root folder of experiments.')
 flags.DEFINE_string('experiment_name', None, 'Experiment folder (default: study_<config>).')

@@ -1,6 +1,6 @@
-"""A tiny regression workload for runner tests: its validation metric is a known function of the
-step, and its evaluation can be made slow, so runner semantics are checked independently of any
-training."""
+"""A tiny regression workload for runner tests: its evaluation metric is a known function of the
+step on every split, and its evaluation can be made slow, so runner semantics are checked
+independently of any training."""
 
 from __future__ import annotations
 
@@ -14,19 +14,27 @@ import numpy as np
 from contract import types as api_types
 from contract.workload import Workload
 
-
-
 class FakeWorkload(Workload):
-  """`validation/score = global_step / 100`; `train/loss` is the real loss of the model."""
+  """`<split>/score = global_step / 100` on every split; `<split>/loss` is the real loss.
+
+  The validation target is `target`, the test target `test_target` (default: `target`);
+  `num_test_examples=0` leaves the test split out (then there is no test goal).
+  """
 
   workload_name = 'fake'
   config_names = ('small',)
 
-  def __init__(self, eval_sleep_sec: float = 0.0, target: float = 0.3, eval_period_steps=10,
-               nan_after_step: Optional[int] = None, **kwargs) -> None:
+  def __init__(self, eval_sleep_sec: float = 0.0, target: float = 0.25, eval_period_steps=10,
+               nan_after_step: Optional[int] = None, test_target: Optional[float] = None,
+               num_test_examples: int = 256, eval_period_time_sec: float = 3600,
+               max_allowed_runtime_sec: float = 600, **kwargs) -> None:
     super().__init__(config_name='small', **kwargs)
     self.eval_sleep_sec = eval_sleep_sec
     self.target = target
+    self.test_target = target if test_target is None else test_target
+    self.num_test_examples = num_test_examples
+    self.eval_period_time_sec = eval_period_time_sec
+    self.max_allowed_runtime_sec = max_allowed_runtime_sec
     self._eval_period_steps = eval_period_steps
     self.nan_after_step = nan_after_step
     self.model = nn.Dense(1)
@@ -36,16 +44,16 @@ class FakeWorkload(Workload):
 
   target_metric_name = 'score'
   validation_target_value = property(lambda self: self.target)
-  test_target_value = property(lambda self: self.target)
+  test_target_value = property(lambda self: self.test_target)
   loss_type = api_types.LossType.MEAN_SQUARED_ERROR
   num_train_examples = 256
   num_eval_train_examples = 256
   num_validation_examples = 256
-  num_test_examples = 0
   eval_batch_size = 256
-  max_allowed_runtime_sec = 600
-  eval_period_time_sec = 3600
   step_hint = 200
+  num_test_examples = 256  # Class defaults of the abstract properties; __init__ sets them.
+  eval_period_time_sec = 3600
+  max_allowed_runtime_sec = 600
 
   @property
   def eval_period_steps(self):
@@ -60,7 +68,7 @@ class FakeWorkload(Workload):
 
   def init_model_fn(self, rng, dropout_rate=None):
     params = self.model.init(rng, jnp.zeros((1, 4)))
-    self._param_shapes = jax.tree_util.tree_map(lambda x: x.shape, params)
+    self._param_shapes = api_types.param_shapes_of(params)
     self._param_types = jax.tree_util.tree_map(lambda x: api_types.ParameterType.WEIGHT, params)
     return params, None
 

@@ -1,13 +1,14 @@
 """End-to-end training through the runner, in the default suite: real workloads, real
 submissions, real data (the embedded molecules)."""
 
+import dataclasses
 import json
 import os
 
 import pytest
 
 import workloads
-from benchmark import report, runner, tuning
+from benchmark import experiment, report, results, trial, tuning
 from benchmark import submission_loader
 
 # The tuned Nesterov point of ogbg small passes validation mAP 0.30 between steps 300 and 400 on
@@ -26,11 +27,11 @@ def test_nesterov_trains_ogbg_small_to_a_lower_target(tmp_path):
   submission = submission_loader.load_submission('submissions/ogbg_molpcba/nesterov.py')
   point = tuning.generate_trials(
       tuning.load_search_space('tuning_search_spaces/ogbg_molpcba/nesterov_tuned.json'), 1, 0)[0]
-  settings = runner.TrialSettings(rng_seed=0, max_global_steps=800, eval_every_steps=50,
+  settings = trial.TrialSettings(rng_seed=0, max_global_steps=800, eval_period_steps=50,
                                   max_runtime_sec=3600)
-  result = runner.run_trial(workload, submission, point, str(tmp_path), settings,
+  result = trial.run_trial(workload, submission, point, str(tmp_path), settings,
                             log=lambda m: None)
-  assert result['status'] == runner.STATUS_TARGET_REACHED, result
+  assert result['status'] == results.STATUS_TARGET_REACHED, result
   assert 100 < result['steps_to_target'] <= 800
   assert result['final_validation_metric'] >= LOWER_SMALL_TARGET
   assert result['final_metrics']['train/loss'] < 0.25  # below the base-rate plateau (0.258)
@@ -55,11 +56,11 @@ def test_image_workload_trains_small_to_a_lower_target(tmp_path, workload_name):
   submission_name, point, target = IMAGE_CASES[workload_name]
   workload = _with_target(workloads.get_workload(workload_name, 'small'), target)
   submission = submission_loader.load_submission(f'submissions/{workload_name}/{submission_name}.py')
-  settings = runner.TrialSettings(rng_seed=0, max_global_steps=80, eval_every_steps=10,
+  settings = trial.TrialSettings(rng_seed=0, max_global_steps=80, eval_period_steps=10,
                                   max_runtime_sec=3600)
-  result = runner.run_trial(workload, submission, dict(IMAGE_POINT, **point), str(tmp_path),
+  result = trial.run_trial(workload, submission, dict(IMAGE_POINT, **point), str(tmp_path),
                             settings, log=lambda m: None)
-  assert result['status'] == runner.STATUS_TARGET_REACHED, result
+  assert result['status'] == results.STATUS_TARGET_REACHED, result
   assert 10 < result['steps_to_target'] <= 80
   assert result['final_validation_metric'] >= target
 
@@ -80,14 +81,15 @@ def test_sweep_of_two_submissions_on_tiny_and_report(tmp_path):
       'warm_start_steps': {'feasible_points': [3]},
   })
   nesterov_space = tuning.load_search_space('tuning_search_spaces/ogbg_molpcba/nesterov_sweep.json')
-  settings = runner.ExperimentSettings(
+  settings = experiment.ExperimentSettings(
       experiment_dir=str(tmp_path), experiment_name='sweep', num_tuning_trials=2,
-      trial=runner.TrialSettings(rng_seed=0, max_global_steps=12, eval_every_steps=6,
-                                 max_runtime_sec=3600, stop_on_target=False))
+      trial=trial.TrialSettings(rng_seed=0, max_global_steps=12, eval_period_steps=6,
+                                max_runtime_sec=3600, stop_on_target=False))
   for name, space in (('nesterov', nesterov_space), ('kfac_reduce', kfac_space)):
     submission = submission_loader.load_submission(f'submissions/ogbg_molpcba/{name}.py')
-    summaries = runner.run_experiment(workload, submission, name, space, settings,
-                                      log=lambda m: None)
+    summaries = experiment.run_experiment(
+        workload, submission, space,
+        dataclasses.replace(settings, experiment_name=f'sweep/{name}'), log=lambda m: None)
     assert [s['global_steps'] for s in summaries] == [12, 12]
     assert len({json.dumps(s['hyperparameters'], sort_keys=True) for s in summaries}) == 2
   kfac_summary = summaries[0]

@@ -1,4 +1,5 @@
-"""The report of a synthetic experiment directory: files, numbers, figures and the CLI formats."""
+"""The report of a synthetic experiment directory: files, numbers, figures and the CLI formats;
+and of a directory in upstream AlgoPerf's layout as upstream's runner writes it (no summaries)."""
 
 import base64
 import csv
@@ -11,39 +12,44 @@ import sys
 import pytest
 from matplotlib import image as mpl_image
 
-from benchmark import report, runner
+from benchmark import report, results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-OGBG, CIFAR = 'ogbg_molpcba_small', 'cifar_wrn_small'
+OGBG, CIFAR = 'ogbg_small', 'cifar_small'
 METRICS = {OGBG: ('mean_average_precision', 0.28), CIFAR: ('accuracy', 0.85)}
 
 
 def _write_trial(root, workload, submission, study, trial, *, seconds=None, steps=None,
                  final_steps=None, status=None, phases=(('plain', 0.01),)):
-  """A finished trial as the runner writes it: hparams, measurements CSV and summary.
+  """A finished trial as the runner writes it (upstream's layout, one experiment folder per
+  submission): hparams, measurements CSV, meta data and summary.
 
   The validation metric climbs linearly to the target at `steps` (or to 90% of it at
   `final_steps` when the target is missed); the time split is made of `phases` (name, seconds per
   step), independent of `seconds`.
   """
   metric, target = METRICS[workload]
-  trial_dir = os.path.join(root, workload, submission, f'study_{study}', f'trial_{trial}')
+  trial_dir = results.trial_dir(os.path.join(root, submission), study, workload, trial)
   os.makedirs(trial_dir)
   hparams = {'learning_rate': 0.01 * (trial + 1), 'damping': 1e-3 * (study + 1)}
   last_step = steps or final_steps
   last_value = target if steps else 0.9 * target
   seconds_per_step = (seconds / steps) if steps else 0.1
   evals = [(last_step * k // 4, last_value * k / 4) for k in range(1, 5)]
-  columns = list(runner.FIXED_COLUMNS) + [f'validation/{metric}', 'hyperparameters']
-  with open(os.path.join(trial_dir, runner.MEASUREMENTS_FILE), 'w', newline='') as f:
+  columns = ['accumulated_eval_time', 'accumulated_logging_time', 'accumulated_submission_time',
+             'global_step', 'preemption_count', 'score', 'total_duration', f'validation/{metric}']
+  with open(os.path.join(trial_dir, results.MEASUREMENTS_FILE), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(columns)
     for step, value in evals:
-      writer.writerow([step, step * seconds_per_step, 0.5, 0.01, step * seconds_per_step + 1.0,
-                       value, json.dumps(hparams)])
-  with open(os.path.join(trial_dir, runner.HPARAMS_FILE), 'w') as f:
+      writer.writerow([0.5, 0.01, step * seconds_per_step, step, 0, step * seconds_per_step,
+                       step * seconds_per_step + 1.0, value])
+  with open(os.path.join(trial_dir, results.HPARAMS_FILE), 'w') as f:
     json.dump(hparams, f)
+  with open(os.path.join(trial_dir, 'meta_data_0.json'), 'w') as f:
+    json.dump({'jax': '0.10.0', 'git_commit': 'def5678' if submission == 'kfac_reduce'
+               else 'abc1234', 'rng_seed': 1000 * study + trial}, f)
   steps_per_phase = {p: last_step // len(phases) for p, _ in phases}
   split = {'optimizer_init': 0.5, 'data_selection': 0.5}
   for phase, per_step in phases:
@@ -62,7 +68,7 @@ def _write_trial(root, workload, submission, study, trial, *, seconds=None, step
       'final_validation_metric': float('nan') if status == 'diverged' else last_value,
       'accumulated_submission_time': submission_time, 'total_duration': sum(split.values()),
       'time_split': split, 'steps_per_phase': steps_per_phase, 'max_runtime_sec': 500.0}
-  with open(os.path.join(trial_dir, runner.SUMMARY_FILE), 'w') as f:
+  with open(os.path.join(trial_dir, results.SUMMARY_FILE), 'w') as f:
     json.dump(summary, f)
 
 
@@ -83,13 +89,6 @@ def experiment(tmp_path_factory):
                  phases=(('plain', 0.01), ('statistics+inverse', 0.2)))
   _write_trial(root, CIFAR, 'nesterov', 0, 1, seconds=30.0, steps=300)
   _write_trial(root, CIFAR, 'kfac_reduce', 0, 1, final_steps=800, phases=kfac_phases)
-  run = {'date': '2026-11-23T16:00:00+00:00', 'python': '3.12.3', 'jax': '0.10.0',
-         'jaxlib': '0.10.0', 'flax': '0.12.0', 'optax': '0.2.8', 'device_kind': 'cpu',
-         'device_count': 1, 'backend': 'cpu', 'git_commit': 'abc1234', 'git_dirty': False,
-         'workload': 'ogbg_molpcba', 'config': 'small', 'submission': 'nesterov',
-         'num_studies': 2, 'num_tuning_trials': 3, 'rng_seed': 0}
-  with open(os.path.join(root, runner.METADATA_FILE), 'w') as f:
-    json.dump({'runs': [run, dict(run, submission='kfac_reduce', git_commit='def5678')]}, f)
   return root
 
 
@@ -110,8 +109,8 @@ def _formatted(value, spec):
 
 def test_report_numbers(experiment):
   full = report.build_report(experiment)
-  assert set(full) == {'rows', 'performance_profiles', 'scores', 'expand_vs_reduce',
-                       'time_breakdown', 'metadata'}
+  assert set(full) == {'rows', 'performance_profiles', 'scores', 'pairs', 'time_breakdown',
+                       'metadata'}
   rows = {(r['workload'], r['submission']): r for r in full['rows']}
   reduce = rows[(OGBG, 'kfac_reduce')]
   assert (reduce['seconds_to_target'], reduce['steps_to_target']) == (60.0, 480)
@@ -122,11 +121,14 @@ def test_report_numbers(experiment):
   # Seconds ratios: ogbg nesterov 2, expand 5/3, reduce 1; cifar nesterov 1, others missed.
   ratios = full['performance_profiles']['seconds']['ratios']
   assert ratios[CIFAR] == {'kfac_expand': None, 'kfac_reduce': None, 'nesterov': 1.0}
+  assert full['scores']['method'] == 'ours'
   assert full['scores']['seconds'] == pytest.approx(
       {'nesterov': (2 + 3) / 6, 'kfac_reduce': 3 / 6, 'kfac_expand': (4 - 5 / 3) / 6})
-  comparison, = full['expand_vs_reduce']
+  pair, = full['pairs']
+  assert (pair['baseline'], pair['candidate']) == ('kfac_expand', 'kfac_reduce')
+  comparison, = pair['workloads']
   assert comparison['seconds_ratio'] == pytest.approx(0.6) and comparison['steps_ratio'] == 1.0
-  assert comparison['reduce_phase_seconds_per_step'] == pytest.approx(
+  assert comparison['candidate_phase_seconds_per_step'] == pytest.approx(
       {'plain': 0.01, 'statistics+inverse': 0.05})
   assert full['metadata']['environment']['git_commit'] == ['abc1234', 'def5678']
   json.dumps(full, allow_nan=False)
