@@ -17,7 +17,7 @@ batch's rows `X [n, d]` into a fresh decomposition of the exponential average
 `null`. Each program is compiled ahead of time (`jit(...).lower(...).compile()`), run once to
 warm up, then `--repeats` times; the table shows the median. Peak memory is XLA's account of the
 compiled program (`memory_analysis()`: arguments + outputs + temporaries - aliased; see
-benchmark/machine.py). The issue's goals are checked at rank 64 and 32 rows.
+benchmark/environment.py). The issue's goals are checked at rank 64 and 32 rows.
 
 Output: docs/bench_inverses.md and docs/bench_inverses.png, and as the last line of stdout the
 JSON list of rows `{method, d, rank, rows, seconds, peak_mib}`. The default sizes need an idle
@@ -45,7 +45,7 @@ import matplotlib  # noqa: E402
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmark import machine  # noqa: E402
+from benchmark import environment  # noqa: E402
 from kfac import lowrank  # noqa: E402
 from kfac.blocks import BlockOptions  # noqa: E402
 from kfac.blocks.cholesky import damped_cholesky  # noqa: E402
@@ -111,7 +111,7 @@ def time_update(method: str, dim: int, rank: Optional[int], num_rows: int, repea
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
   return dict(method=method, d=dim, rank=rank, rows=num_rows, seconds=statistics.median(times),
-              peak_mib=machine.peak_mib(compiled))
+              peak_mib=environment.peak_mib(compiled))
 
 
 def run_all(methods: Sequence[str], dims: Sequence[int], ranks: Sequence[int],
@@ -163,7 +163,7 @@ def markdown(results: List[Dict[str, Any]], command: str) -> str:
            'decomposition of the exponential average of a `d x d` factor (see the docstring of '
            'scripts/bench_inverses.py); median of the timed runs after one warm-up run, '
            'compilation excluded; peak memory from XLA\'s `memory_analysis()` of the program.', '',
-           *machine.machine_lines(), '', '## Goals (rank 64, 32 rows)', '', *goal_lines(results),
+           *environment.machine_lines(), '', '## Goals (rank 64, 32 rows)', '', *goal_lines(results),
            '', '| method | d | rank | rows n | ms per update | peak MiB |',
            '|---|---:|---:|---:|---:|---:|']
   for row in results:
