@@ -115,13 +115,23 @@ def test_lazier_template_keeps_the_saved_structure_and_leaves_missing_functions_
   assert restored.opt_state['fn'] is None and restored.step_fn is None and restored.count == 5
 
 
-def test_typed_prng_keys_round_trip(tmp_path):
+def test_every_leaf_kind_round_trips_with_its_type_and_dtype(tmp_path):
   key = jax.random.key(7)
+  leaves = {'bf16': jnp.arange(4, dtype=jnp.bfloat16), 'i32': jnp.array(3, jnp.int32),
+            'mask': np.array([True, False]), 'int': 5, 'float': 0.5, 'name': 'eigh',
+            'nothing': None, 'nested': [(jnp.ones((2, 0)),)]}
   ckpt = checkpoint.Checkpointer(str(tmp_path))
-  ckpt.save(_state(0)._replace(rng=key))
-  restored = ckpt.latest().rng
-  np.testing.assert_array_equal(jax.random.key_data(restored), jax.random.key_data(key))
-  np.testing.assert_array_equal(jax.random.uniform(restored, (3,)), jax.random.uniform(key, (3,)))
+  ckpt.save(_state(0)._replace(rng=key, model_state=leaves))
+  restored = ckpt.latest()
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(key))
+  np.testing.assert_array_equal(jax.random.uniform(restored.rng, (3,)), jax.random.uniform(key, (3,)))
+  got = restored.model_state
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(leaves)
+  for name in ('bf16', 'i32', 'mask'):
+    assert got[name].dtype == leaves[name].dtype and type(got[name]) is type(leaves[name])
+    np.testing.assert_array_equal(got[name], leaves[name])
+  assert (got['int'], got['float'], got['name'], got['nothing']) == (5, 0.5, 'eigh', None)
+  assert got['nested'][0][0].shape == (2, 0)
 
 
 def _largest_file(directory: str) -> str:
@@ -176,6 +186,33 @@ def test_full_disk_raises_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, 
   monkeypatch.undo()
   assert sorted(os.listdir(str(tmp_path))) == before
   _assert_state(ckpt.latest(FunctionState(None, None, 0)), 1)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 2 MB tmpfs (needs root and mount rights; skipped elsewhere)."""
+  mount_point = tmp_path / 'tiny_disk'
+  mount_point.mkdir()
+  if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2M', 'tmpfs',
+                                          str(mount_point)], capture_output=True).returncode:
+    pytest.skip('cannot mount a small tmpfs here')
+  yield str(mount_point)
+  subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def test_a_real_full_disk_stops_the_writes_and_keeps_what_was_written(tiny_disk):
+  ckpt = checkpoint.Checkpointer(os.path.join(tiny_disk, 'ckpt'))
+  ckpt.save(_state(1))
+  writer = checkpoint.MeasurementsWriter(os.path.join(tiny_disk, 'eval_measurements.csv'))
+  writer.write(_row(1))
+  noise = np.random.default_rng(0).standard_normal(600_000).astype(np.float32)  # 2.4 MB
+  with pytest.raises(BenchmarkError, match='disk is full'):
+    ckpt.save(_state(2)._replace(params={'w': jnp.asarray(noise)}))
+  with pytest.raises(BenchmarkError, match='disk is full'):
+    writer.write(dict(_row(2), **{'validation/score': 'x' * 3_000_000}))
+  assert ckpt.names() == ['ckpt_00000000']
+  _assert_state(ckpt.latest(FunctionState(None, None, 0)), 1)
+  assert _read_rows(writer.path) == [{k: str(v) for k, v in _row(1).items()}]
 
 
 def _read_rows(path: str):
