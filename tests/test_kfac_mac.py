@@ -111,14 +111,23 @@ def test_mac_input_block_is_the_damped_exact_input_covariance():
 class _AttentionModel(nn.Module):
   """One self-attention layer (value projection with bias) and a linear head."""
 
+  normalize_qk: bool = False
+
   @nn.compact
   def __call__(self, x, mask):
-    y = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=4, name='attention')(
-        x, mask=mask)
+    y = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=4, name='attention',
+                                        normalize_qk=self.normalize_qk)(x, mask=mask)
     return nn.Dense(2)(y.mean(axis=1))
 
 
-def test_attention_variant_equals_brute_force_formula():
+def _layer_norm(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+  """Flax's `LayerNorm(use_bias=False)` over the last axis (epsilon 1e-6)."""
+  centred = values - values.mean(axis=-1, keepdims=True)
+  return centred / np.sqrt(centred.var(axis=-1, keepdims=True) + 1e-6) * scale
+
+
+@pytest.mark.parametrize('normalize_qk', [False, True])
+def test_attention_variant_equals_brute_force_formula(normalize_qk):
   """abar_V = mean over valid examples n, heads h, attending queries i of sum_j S_hij x_j."""
   n, length, width, heads = 3, 4, 5, 2
   x = jax.random.normal(jax.random.PRNGKey(0), (n, length, width))
@@ -126,7 +135,7 @@ def test_attention_variant_equals_brute_force_formula():
   mask = np.broadcast_to(key_valid[:, None, None, :], (n, 1, length, length)).copy()
   mask[1, :, 3, :] = False  # example 1, query 3 attends nowhere: excluded
   example_weights = jnp.array([1.0, 1.0, 0.0])  # example 2 is padding
-  model = _AttentionModel()
+  model = _AttentionModel(normalize_qk=normalize_qk)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(1), x, mask)  # no init compilation
   rng = np.random.default_rng(4)
   params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
@@ -153,6 +162,9 @@ def test_attention_variant_equals_brute_force_formula():
   x = np.asarray(x, np.float64)
   q = np.einsum('nld,dhk->nlhk', x, attention['query']['kernel']) + attention['query']['bias']
   k = np.einsum('nld,dhk->nlhk', x, attention['key']['kernel']) + attention['key']['bias']
+  if normalize_qk:
+    q = _layer_norm(q, attention['query_ln']['scale'])
+    k = _layer_norm(k, attention['key_ln']['scale'])
   rows = []
   for example in (0, 1):
     for head in range(heads):
