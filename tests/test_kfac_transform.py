@@ -15,22 +15,7 @@ import optax
 import pytest
 
 import kfac
-
-NUM_CLASSES = 3
-
-
-class ConvNet(nn.Module):
-  """Conv -> relu -> spatial mean -> LayerNorm -> Dense; a grouped conv on request."""
-
-  grouped: bool = False
-
-  @nn.compact
-  def __call__(self, x):  # x [N, 6, 6, 2]
-    x = nn.relu(nn.Conv(4, (3, 3), padding='SAME')(x))
-    if self.grouped:
-      x = nn.Conv(4, (1, 1), feature_group_count=2)(x)
-    x = nn.LayerNorm()(x.mean(axis=(1, 2)))
-    return nn.Dense(NUM_CLASSES)(x)
+from tests.kfac_models import NUM_CLASSES, ConvNet, batch, init
 
 
 class MLP(nn.Module):
@@ -39,17 +24,6 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):  # x [N, D]
     return nn.Dense(NUM_CLASSES)(jnp.tanh(nn.LayerNorm()(nn.Dense(8)(x))))
-
-
-def batch(seed=0, n=8):
-  """Inputs `[n, 6, 6, 2]` and integer labels `[n]` (numpy: no eager jax ops to compile)."""
-  rng = np.random.default_rng(seed)
-  return (rng.standard_normal((n, 6, 6, 2)).astype(np.float32),
-          rng.integers(0, NUM_CLASSES, n).astype(np.int32))
-
-
-def init(model, x):
-  return jax.jit(model.init)(jax.random.PRNGKey(1), x)
 
 
 def loss_gradients(apply_fn, params, x, y):
@@ -124,51 +98,43 @@ def test_bare_parameter_tree_and_chain_extra_args():
                              rtol=1e-6)
 
 
-def test_report_lists_every_parameter_and_fallback():
-  model = ConvNet(grouped=True)
+def test_unknown_option_is_rejected():
   x, _ = batch()
-  params = init(model, x)
-  rows = kfac.curvature_report(model.apply, params, loss='softmax_cross_entropy', sample_inputs=x,
-                               max_factor_dim=10, max_factor_dim_overrides={'Dense_*': 4},
-                               fallback_overrides={'Dense_*': 'identity'})
-  by_name = {row.parameter: row for row in rows}
-  assert len(rows) == len(jax.tree_util.tree_leaves(params))
-  assert by_name['Conv_0/kernel'].factors == 'A [19] diagonal, B [4, 4] full'
-  assert 'A diagonal: dimension 19 > max_factor_dim 10' in by_name['Conv_0/bias'].fallback
-  assert by_name['Dense_0/kernel'].factors == 'A [1] identity, B [3, 3] full'
-  assert by_name['Dense_0/kernel'].flavour == 'reduce'
-  assert by_name['Conv_1/kernel'].block == 'none'
-  assert 'grouped convolution' in by_name['Conv_1/kernel'].fallback
-  assert by_name['LayerNorm_0/scale'].block == 'none'
-  text = kfac.format_curvature_report(rows)
-  assert len(text.splitlines()) == len(rows) + 2 and 'Conv_1/kernel' in text
-
-
-@pytest.mark.parametrize('model,limit', [(ConvNet(), 4), (ConvNet(grouped=True), 4096)])
-def test_strict_mode_turns_fallbacks_into_errors(model, limit):
-  x, _ = batch()
-  params = init(model, x)
-  options = dict(loss='softmax_cross_entropy', sample_inputs=x, max_factor_dim=limit)
-  kfac.precondition(model.apply, **options).init(params)  # falls back silently-but-reported
-  with pytest.raises(ValueError, match='strict mode'):
-    kfac.precondition(model.apply, strict=True, **options).init(params)
-
-
-def test_strict_mode_accepts_a_fully_covered_model():
-  model = ConvNet()
-  x, _ = batch()
-  params = init(model, x)
-  kfac.precondition(model.apply, loss='mse', sample_inputs=x, strict=True).init(params)
-
-
-def test_bad_options_are_rejected_at_construction():
-  x, _ = batch()
-  for bad in (dict(flavour='both'), dict(fallback='zero'), dict(damping=-1.0),
-              dict(inverse_update_every=0), dict(loss='hinge'), dict(max_factor_dim=0)):
-    with pytest.raises(ValueError):
-      kfac.precondition(ConvNet().apply, **{'loss': 'mse', 'sample_inputs': x, **bad})
   with pytest.raises(TypeError):
     kfac.precondition(ConvNet().apply, loss='mse', sample_inputs=x, dampnig=1.0)
+
+
+def test_plan_is_traced_once_and_apply_kwargs_reach_the_model(monkeypatch):
+  """init traces the layers; updates (two jit traces, new apply_kwargs) reuse the plan; the
+  statistics pass calls `apply_fn(params, inputs, **apply_kwargs)`."""
+  traces = []
+  layer_report = kfac.tracing.layer_report
+  monkeypatch.setattr(kfac.tracing, 'layer_report',
+                      lambda *args, **kwargs: traces.append(1) or layer_report(*args, **kwargs))
+  model = MLP()
+  x, y = batch()
+  x = x.reshape(len(x), -1)
+  params = init(model, x)
+
+  def scaled_apply(p, inputs, *, scale):
+    return model.apply(p, inputs * scale)
+
+  options = dict(loss='softmax_cross_entropy', sample_inputs=x, fisher_type='type2',
+                 inverse_update_every=1)
+  transform = kfac.precondition(scaled_apply, sample_apply_kwargs={'scale': 1.0}, **options)
+  grads = loss_gradients(model.apply, params, x, y)
+  update = jax.jit(lambda g, s, p, scale: transform.update(
+      g, s, p, inputs=x, targets=y, apply_kwargs={'scale': scale}))
+  state = transform.init(params)
+  updates, _ = update(grads, state, params, 3.0)
+  update(grads, state, params, jnp.float32(3.0))  # a second trace (weak type -> float32)
+  assert len(traces) == 1
+  closed = kfac.precondition(lambda p, inputs: model.apply(p, inputs * 3.0), **options)
+  want, _ = jax.jit(lambda g, s, p: closed.update(g, s, p, inputs=x, targets=y))(
+      grads, closed.init(params), params)
+  for got_leaf, want_leaf in zip(jax.tree_util.tree_leaves(updates),
+                                 jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-7)
 
 
 def test_float64_state_without_x64_warns_and_uses_float32():
