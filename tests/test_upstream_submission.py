@@ -18,7 +18,7 @@ POINT = {'learning_rate': 0.05, 'dropout_rate': 0.0, 'stop_after_steps': 15}
 
 
 def test_upstream_style_submission_trains_and_ends_by_training_complete(tmp_path):
-  submission = submission_loader.load_submission('tests/upstream_style_submission.py')
+  submission = submission_loader.load_submission('tests/fake_upstream_submission.py')
   import algoperf
   from algoperf import jax_sharding_utils, spec
   assert spec is contract_spec and spec.Workload is Workload
