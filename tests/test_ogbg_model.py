@@ -53,7 +53,7 @@ def test_full_model_has_algoperf_parameter_count_and_names(tmp_path):
   assert params['Dense_15']['kernel'].shape == (256, 128)
   assert workload.is_output_params(('Dense_15', 'kernel'))
   assert not workload.is_output_params(('Dense_14', 'kernel'))
-  assert workload.param_shapes['Dense_15']['bias'].shape == (128,)
+  assert workload.param_shapes['Dense_15']['bias'].shape_tuple == (128,)
 
 
 def test_parameter_types(tiny):

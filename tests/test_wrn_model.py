@@ -83,7 +83,7 @@ def test_every_weight_layer_is_called_once_under_its_parameter_path():
 
 @pytest.fixture(scope='module')
 def tiny():
-  workload = get_workload('cifar_wrn', 'tiny')
+  workload = get_workload('cifar', 'tiny')
   params, model_state = workload.init_model_fn(jax.random.PRNGKey(0))
   batch = {'inputs': 1.0 + jax.random.normal(jax.random.PRNGKey(1), (6, 32, 32, 3))}
   return workload, params, model_state, batch

@@ -27,7 +27,7 @@ def full_workload(tmp_path_factory):
   tfds = pytest.importorskip('tensorflow_datasets')
   data_dir = prepared_data_dir(str(tmp_path_factory.mktemp('tfds')))
   with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
-    yield get_workload('cifar_wrn', 'full', data_dir=data_dir)
+    yield get_workload('cifar', 'full', data_dir=data_dir)
 
 
 def test_train_batches_shapes_dtypes_labels_and_seeded_order(full_workload):
@@ -97,21 +97,21 @@ def test_train_augmentation_is_a_crop_of_the_4_pixel_padding_maybe_flipped():
 
 def test_missing_or_empty_data_dir_is_a_benchmark_error(tmp_path):
   with pytest.raises(errors.BenchmarkError, match='needs --data_dir'):
-    get_workload('cifar_wrn', 'full').check_data_available()
-  absent = get_workload('cifar_wrn', 'full', data_dir=str(tmp_path / 'absent'))
+    get_workload('cifar', 'full').check_data_available()
+  absent = get_workload('cifar', 'full', data_dir=str(tmp_path / 'absent'))
   with pytest.raises(errors.BenchmarkError, match='does not exist'):
     absent.check_data_available()
-  empty = get_workload('cifar_wrn', 'full', data_dir=str(tmp_path))
+  empty = get_workload('cifar', 'full', data_dir=str(tmp_path))
   with pytest.raises(errors.BenchmarkError, match='cifar10.*not prepared'):
     empty.check_data_available()
   with pytest.raises(errors.BenchmarkError, match='cifar10.*not prepared'):
     empty.build_input_queue(jax.random.PRNGKey(0), 'validation', None, BATCH)
-  get_workload('cifar_wrn', 'full', data_dir=prepared_data_dir(str(tmp_path / 'ok'))
+  get_workload('cifar', 'full', data_dir=prepared_data_dir(str(tmp_path / 'ok'))
                ).check_data_available()
 
 
 def test_full_config_targets_and_budgets():
-  workload = get_workload('cifar_wrn', 'full', data_dir='/')
+  workload = get_workload('cifar', 'full', data_dir='/')
   assert workload.validation_target_value == 0.85
   assert workload.step_hint == 4_883
   assert workload.max_allowed_runtime_sec == 3_600

@@ -1,5 +1,11 @@
 """The workload registry: name -> Workload class, imported lazily (TensorFlow stays unloaded
-until a workload that needs it is built)."""
+until a workload that needs it is built).
+
+Names are upstream AlgoPerf's base workload names (`ogbg`, `imagenet_vit`, `cifar`) for the full
+configs; the other configs are variants named `<base>_<config>` (`ogbg_small`, `ogbg_tiny`,
+`imagenet_vit_small`, `cifar_tiny`, ...). The folders keep the data sets' names
+(`workloads/ogbg_molpcba/`, `workloads/cifar_wrn/`).
+"""
 
 from __future__ import annotations
 
@@ -11,19 +17,27 @@ from contract.workload import Workload
 
 # name -> (module, class name)
 WORKLOADS: Dict[str, Tuple[str, str]] = {
-    'ogbg_molpcba': ('workloads.ogbg_molpcba.workload', 'OgbgMolpcbaWorkload'),
+    'ogbg': ('workloads.ogbg_molpcba.workload', 'OgbgMolpcbaWorkload'),
     'imagenet_vit': ('workloads.imagenet_vit.workload', 'ImagenetVitWorkload'),
-    'cifar_wrn': ('workloads.cifar_wrn.workload', 'CifarWrnWorkload'),
+    'cifar': ('workloads.cifar_wrn.workload', 'CifarWrnWorkload'),
 }
 
 
 def split_variant(variant_name: str) -> Tuple[str, str]:
-  """`ogbg_molpcba_small` -> (`ogbg_molpcba`, `small`); `ogbg_molpcba` -> (`ogbg_molpcba`, `full`)."""
+  """`ogbg_small` -> (`ogbg`, `small`); `ogbg` -> (`ogbg`, `full`).
+
+  Raises:
+    BenchmarkError: no workload has that name, or its config is not one of the workload's.
+  """
   for name in WORKLOADS:
     if variant_name == name:
       return name, 'full'
     if variant_name.startswith(name + '_'):
-      return name, variant_name[len(name) + 1:]
+      config_name = variant_name[len(name) + 1:]
+      if config_name not in workload_class(name).config_names:
+        raise BenchmarkError(f'unknown config {config_name!r} for workload {name!r} '
+                             f'(from {variant_name!r})')
+      return name, config_name
   raise BenchmarkError(
       f'unknown workload {variant_name!r}; choose one of {", ".join(sorted(WORKLOADS))}')
 
@@ -48,9 +62,6 @@ def get_workload(name: str, config_name: str = 'small', data_dir: Optional[str] 
 
 
 def default_batch_size(variant_name: str) -> int:
-  """The batch size of a workload variant's config, what submissions' `get_batch_size` return."""
+  """The training batch size of a workload variant's config (`ogbg_small`: 128)."""
   name, config_name = split_variant(variant_name)
-  cls = workload_class(name)
-  if config_name not in cls.config_names:
-    raise BenchmarkError(f'unknown config {config_name!r} for workload {name!r}')
-  return cls.batch_size_of_config(config_name)
+  return workload_class(name).batch_size_of_config(config_name)

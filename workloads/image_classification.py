@@ -1,7 +1,8 @@
 """What the image-classification workloads (ImageNet ViT, CIFAR-10 WRN) share.
 
 `ImageClassificationWorkload` implements the AlgoPerf Workload members whose logic is the same
-for both: targets and budgets read from the config, softmax cross-entropy with label smoothing,
+for both (targets and budgets come from the config, `ConfigWorkload`): softmax cross-entropy with
+label smoothing,
 top-1 accuracy, the forward pass (dropout, BatchNorm modes), parameter types, the embedded-digits
 data path and evaluation. A subclass names its config getter, its model and its tfds pipeline.
 
@@ -24,10 +25,10 @@ import ml_collections
 import optax
 from flax import linen as nn
 
-from workloads import image_data, image_pipeline
 from contract import errors
 from contract import types as api_types
-from contract.workload import Workload
+from workloads import image_data, image_pipeline
+from workloads.config_workload import ConfigWorkload, seed_from_rng
 
 EVAL_SPLITS = ('eval_train', 'validation', 'test')
 
@@ -97,7 +98,7 @@ def softmax_cross_entropy(label_batch: jax.Array, logits_batch: jax.Array,
           'per_example': per_example}
 
 
-class ImageClassificationWorkload(Workload):
+class ImageClassificationWorkload(ConfigWorkload):
   """An image classifier on tfds data (full config) or the embedded digits (small, tiny).
 
   Subclasses implement `get_config`, `build_model`, `tfds_names` and the two tfds hooks.
@@ -108,7 +109,6 @@ class ImageClassificationWorkload(Workload):
   def __init__(self, config_name: str = 'small', data_dir: Optional[str] = None,
                data_source: Optional[str] = None) -> None:
     super().__init__(config_name, data_dir, data_source)
-    self.config = self.get_config(config_name)
     if self.data_source != self.config.data_source:
       raise errors.BenchmarkError(
           f'config {config_name!r} of workload {self.workload_name!r} reads '
@@ -125,11 +125,6 @@ class ImageClassificationWorkload(Workload):
   @abc.abstractmethod
   def tfds_names(self) -> Tuple[str, ...]:
     """The tfds data sets (`name:version`) the full config reads."""
-
-  @staticmethod
-  @abc.abstractmethod
-  def get_config(config_name: str) -> ml_collections.ConfigDict:
-    """The config of a config name (`configs.get_config`)."""
 
   @staticmethod
   @abc.abstractmethod
@@ -155,23 +150,11 @@ class ImageClassificationWorkload(Workload):
       for name in self.tfds_names:
         image_pipeline.check_tfds_prepared(self.data_dir, name)
 
-  # Targets and budgets (from the config) -----------------------------------------------------
-
-  @classmethod
-  def batch_size_of_config(cls, config_name: str) -> int:
-    return cls.get_config(config_name).batch_size
+  # Targets and sizes -------------------------------------------------------------------------
 
   @property
   def target_metric_name(self) -> str:
     return 'accuracy'
-
-  @property
-  def validation_target_value(self) -> float:
-    return self.config.validation_target_value
-
-  @property
-  def test_target_value(self) -> float:
-    return self.config.test_target_value
 
   @property
   def loss_type(self) -> api_types.LossType:
@@ -195,26 +178,6 @@ class ImageClassificationWorkload(Workload):
   @property
   def num_test_examples(self) -> int:
     return self.config.num_test_examples
-
-  @property
-  def eval_batch_size(self) -> int:
-    return self.config.eval_batch_size
-
-  @property
-  def max_allowed_runtime_sec(self) -> int:
-    return self.config.max_allowed_runtime_sec
-
-  @property
-  def eval_period_time_sec(self) -> int:
-    return self.config.eval_period_time_sec
-
-  @property
-  def eval_period_steps(self) -> Optional[int]:
-    return self.config.eval_period_steps
-
-  @property
-  def step_hint(self) -> int:
-    return self.config.step_hint
 
   # Model ------------------------------------------------------------------------------------
 
@@ -244,8 +207,7 @@ class ImageClassificationWorkload(Workload):
       variables = jax.jit(self._model.init)(rng, jnp.zeros((1, size, size, 3), jnp.float32))
     variables = dict(variables)
     params = variables.pop('params')
-    self._param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    self._param_types = parameter_types(params)
+    self._set_param_records(params, parameter_types(params))
     return params, (variables or None)
 
   def model_fn(self, params: api_types.ParameterContainer,
@@ -259,12 +221,13 @@ class ImageClassificationWorkload(Workload):
     TRAIN: dropout on (with `rng`), BatchNorm normalises with batch statistics and the returned
     state holds the updated running averages when `update_batch_norm`, the old ones otherwise.
     EVAL: no dropout, BatchNorm uses the running averages, the state is returned unchanged.
+    `dropout_rate` may be a traced scalar; None means the config's rate (or `init_model_fn`'s).
     """
     train = mode == api_types.ForwardPassMode.TRAIN
     rate = self._dropout_rate if dropout_rate is None else dropout_rate
     inputs = augmented_and_preprocessed_input_batch['inputs']
     variables = {'params': params, **(model_state or {})}
-    rngs = {'dropout': rng} if train and rate > 0 else {}
+    rngs = {'dropout': rng} if train and rng is not None else {}
     if train and model_state:
       logits, updated_state = self._model.apply(
           variables, inputs, train=True, dropout_rate=rate, rngs=rngs,
@@ -318,7 +281,7 @@ class ImageClassificationWorkload(Workload):
     `repeat_final_dataset`. At most `num_batches` batches when given."""
     data_dir = data_dir or self.data_dir
     if split == 'train':
-      batches = self._train_batches(data_dir, image_pipeline.seed_from_rng(data_rng),
+      batches = self._train_batches(data_dir, seed_from_rng(data_rng),
                                     global_batch_size)
     else:
       one_pass = self._eval_batches(data_dir, split, global_batch_size,

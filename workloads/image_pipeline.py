@@ -1,4 +1,4 @@
-"""Batching shared by the image workloads: seeds, numpy batch streams, eval padding, tfds access.
+"""Batching shared by the image workloads: numpy batch streams, eval padding, tfds access.
 
 Batches are dicts of numpy arrays: `inputs` `[B, H, W, 3]` float32, `targets` `[B]` int32 and
 `weights` `[B]` float32 (1 for real examples, 0 for padding). Training streams repeat and
@@ -14,21 +14,12 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-import jax
 import numpy as np
+
 from contract import errors
-from contract import types as api_types
 
 
 Batch = Dict[str, np.ndarray]
-
-
-def seed_from_rng(rng: api_types.RandomState) -> int:
-  """A non-negative 31-bit integer seed drawn deterministically from a JAX key (raw or typed)."""
-  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.key_data(rng)
-  words = np.asarray(rng, dtype=np.uint32).reshape(-1)
-  return int(np.random.default_rng(words.tolist()).integers(0, 2**31 - 1))
 
 
 def with_weights(inputs: np.ndarray, targets: np.ndarray) -> Batch:

@@ -3,7 +3,7 @@
 short budgets, for tests).
 
 Every target, budget and batch size is named here once. AlgoPerf values are from
-mlcommons/algorithmic-efficiency (`algoperf/workloads/cifar`) and shared/DESIGN.md section 3.
+mlcommons/algorithmic-efficiency (`algoperf/workloads/cifar`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from contract.errors import BenchmarkError
-from workloads import image_data
+from workloads import image_configs
 
 # CIFAR-10 training-set channel statistics on the 0..1 scale (AlgoPerf `train_mean`/`train_stddev`).
 CIFAR10_MEAN_RGB = (0.49139968, 0.48215827, 0.44653124)
@@ -20,8 +20,6 @@ CIFAR10_STD_RGB = (0.24703233, 0.24348505, 0.26158768)
 CIFAR10_NUM_TRAIN = 45_000
 CIFAR10_NUM_VALIDATION = 5_000
 
-DIGITS_SPLIT_SIZES = image_data.split_sizes(image_data.NUM_EXAMPLES)
-
 # Small target, from measured Nesterov runs (momentum 0.9, batch 64): lr 0.1, L2 5e-4 with 25
 # warmup steps and a cosine decay over 500 reached validation accuracy 0.94 / 0.98 at steps
 # 100 / 150; the equal-budget study (docs/results_image_small.md) measures it over 3 studies.
@@ -29,9 +27,6 @@ DIGITS_SPLIT_SIZES = image_data.split_sizes(image_data.NUM_EXAMPLES)
 # images (1 / 180 = 0.0056).
 SMALL_VALIDATION_TARGET = 0.97
 SMALL_TEST_TARGET = 0.97
-# Tiny (tests only): well above chance (0.1).
-TINY_VALIDATION_TARGET = 0.5
-TINY_TEST_TARGET = 0.5
 
 # Small budgets. Measured: Nesterov SGD (momentum 0.9, L2 5e-4, lr 0.1 with 25 warmup steps
 # and a cosine decay over 500, batch 64) takes WRN-10-1 to 0.94 / 0.98 validation accuracy at
@@ -43,11 +38,10 @@ SMALL_MAX_RUNTIME_SEC = 1_800
 
 
 def _full() -> ml_collections.ConfigDict:
-  """WRN-16-4 on tfds `cifar10`; batch 512 (DESIGN allows 128-512)."""
-  return ml_collections.ConfigDict(dict(
+  """WRN-16-4 on tfds `cifar10`; batch 512 (the paper uses 128-512)."""
+  return image_configs.image_config(
       model=dict(depth=16, widen_factor=4, num_classes=10),
       image_size=32,
-      dropout_rate=0.0,
       data_source='tfds',
       tfds=dict(
           name='cifar10:3.0.2',
@@ -68,49 +62,19 @@ def _full() -> ml_collections.ConfigDict:
       max_allowed_runtime_sec=3_600,
       eval_period_time_sec=600,
       eval_period_steps=None,
-  ))
-
-
-def _embedded(depth: int, widen_factor: int, batch_size: int, eval_batch_size: int,
-              validation_target: float, test_target: float, step_hint: int,
-              max_allowed_runtime_sec: int, eval_period_time_sec: int,
-              eval_period_steps: int) -> ml_collections.ConfigDict:
-  """A WRN on the embedded 32x32 digits (10 classes)."""
-  return ml_collections.ConfigDict(dict(
-      model=dict(depth=depth, widen_factor=widen_factor, num_classes=image_data.NUM_CLASSES),
-      image_size=image_data.IMAGE_SIZE,
-      dropout_rate=0.0,
-      data_source='embedded',
-      batch_size=batch_size,
-      eval_batch_size=eval_batch_size,
-      num_train_examples=DIGITS_SPLIT_SIZES['train'],
-      num_validation_examples=DIGITS_SPLIT_SIZES['validation'],
-      num_test_examples=DIGITS_SPLIT_SIZES['test'],
-      validation_target_value=validation_target,
-      test_target_value=test_target,
-      step_hint=step_hint,
-      max_allowed_runtime_sec=max_allowed_runtime_sec,
-      eval_period_time_sec=eval_period_time_sec,
-      eval_period_steps=eval_period_steps,
-  ))
+  )
 
 
 def get_config(config_name: str) -> ml_collections.ConfigDict:
   """The config named `full`, `small` or `tiny`."""
   if config_name == 'full':
     return _full()
+  wrn_10_1 = dict(depth=10, widen_factor=1)
   if config_name == 'small':
-    return _embedded(
-        depth=10, widen_factor=1, batch_size=64, eval_batch_size=256,
-        validation_target=SMALL_VALIDATION_TARGET,
-        test_target=SMALL_TEST_TARGET,
-        step_hint=SMALL_STEP_HINT, max_allowed_runtime_sec=SMALL_MAX_RUNTIME_SEC,
-        eval_period_time_sec=60, eval_period_steps=50)
+    return image_configs.small_digits_config(
+        model=wrn_10_1, batch_size=64, validation_target_value=SMALL_VALIDATION_TARGET,
+        test_target_value=SMALL_TEST_TARGET, step_hint=SMALL_STEP_HINT,
+        max_allowed_runtime_sec=SMALL_MAX_RUNTIME_SEC)
   if config_name == 'tiny':
-    return _embedded(
-        depth=10, widen_factor=1, batch_size=16, eval_batch_size=64,
-        validation_target=TINY_VALIDATION_TARGET,
-        test_target=TINY_TEST_TARGET,
-        step_hint=200, max_allowed_runtime_sec=120, eval_period_time_sec=10,
-        eval_period_steps=20)
-  raise BenchmarkError(f'unknown cifar_wrn config {config_name!r}; choose full, small or tiny')
+    return image_configs.tiny_digits_config(model=wrn_10_1, batch_size=16)
+  raise BenchmarkError(f'unknown cifar config {config_name!r}; choose full, small or tiny')

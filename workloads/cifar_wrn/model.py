@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from workloads.layers import Dropout
+
 # He-normal over fan-out, as in the reference (Torch) implementation of the paper.
 CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # Running-average decay and epsilon of BatchNorm (PyTorch's momentum 0.1 in Flax's convention).
@@ -61,7 +63,7 @@ class WideResNetBlock(nn.Module):
       shortcut = x
     y = conv((3, 3), strides=strides, name='Conv_0')(activated)
     y = nn.relu(norm(name='BatchNorm_1')(y))
-    y = nn.Dropout(rate=dropout_rate, deterministic=not train)(y)
+    y = Dropout()(y, dropout_rate, deterministic=not train)
     y = conv((3, 3), name='Conv_1')(y)
     return shortcut + y
 

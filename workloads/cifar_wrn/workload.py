@@ -18,7 +18,7 @@ class CifarWrnWorkload(ImageClassificationWorkload):
   """Softmax cross-entropy, top-1 accuracy target; `model_state` holds the BatchNorm running
   statistics (`{'batch_stats': ...}`)."""
 
-  workload_name = 'cifar_wrn'
+  workload_name = 'cifar'
 
   @staticmethod
   def get_config(config_name: str) -> ml_collections.ConfigDict:

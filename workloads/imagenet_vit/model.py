@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from workloads.layers import Dropout
+
 
 def sincos_position_embedding(height: int, width: int, dim: int,
                               temperature: float = 10_000.0) -> jax.Array:
@@ -61,7 +63,7 @@ class MlpBlock(nn.Module):
     width = x.shape[-1]
     x = nn.Dense(self.mlp_dim, name='Dense_0', **inits)(x)
     x = nn.gelu(x)
-    x = nn.Dropout(rate=dropout_rate, deterministic=not train)(x)
+    x = Dropout()(x, dropout_rate, deterministic=not train)
     return nn.Dense(width, name='Dense_1', **inits)(x)
 
 
@@ -83,11 +85,11 @@ class EncoderBlock(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
         deterministic=True, name='MultiHeadDotProductAttention_1')(y)
-    y = nn.Dropout(rate=dropout_rate, deterministic=not train)(y)
+    y = Dropout()(y, dropout_rate, deterministic=not train)
     x = x + y
     y = nn.LayerNorm(name='LayerNorm_2')(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, name='MlpBlock_3')(y, train, dropout_rate)
-    y = nn.Dropout(rate=dropout_rate, deterministic=not train)(y)
+    y = Dropout()(y, dropout_rate, deterministic=not train)
     return x + y
 
 
@@ -152,7 +154,7 @@ class ViT(nn.Module):
     n, grid_h, grid_w, d = x.shape
     x = x.reshape(n, grid_h * grid_w, d)  # [N, T, D]
     x = x + sincos_position_embedding(grid_h, grid_w, d).astype(x.dtype)
-    x = nn.Dropout(rate=dropout_rate, deterministic=not train)(x)
+    x = Dropout()(x, dropout_rate, deterministic=not train)
     x = Encoder(depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                 name='Transformer')(x, train, dropout_rate)
     x = jnp.mean(x, axis=1)  # [N, D]: global average pool, no class token.

@@ -27,8 +27,12 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from workloads.layers import Dropout
+
 # Each message-passing step has three MLPs: edge, node, global.
 MLPS_PER_STEP = 3
+# AlgoPerf's dropout after every hidden layer of the MLPs.
+DROPOUT_RATE = 0.1
 
 
 def decoder_name(num_message_passing_steps: int, hidden_dims: Sequence[int]) -> str:
@@ -36,7 +40,8 @@ def decoder_name(num_message_passing_steps: int, hidden_dims: Sequence[int]) -> 
   return f'Dense_{num_message_passing_steps * MLPS_PER_STEP * len(hidden_dims)}'
 
 
-def _mlp(hidden_dims: Sequence[int], dropout: nn.Dropout) -> Callable[..., jax.Array]:
+def _mlp(hidden_dims: Sequence[int], dropout: Callable[[jax.Array], jax.Array]
+         ) -> Callable[..., jax.Array]:
   """An update function for `jraph.GraphNetwork`: concatenates its arguments on the last axis,
   then Dense -> LayerNorm -> ReLU -> Dropout per width in `hidden_dims`. Its modules are created
   in the calling (compact) module, so they are named there in call order."""
@@ -55,28 +60,33 @@ def _mlp(hidden_dims: Sequence[int], dropout: nn.Dropout) -> Callable[..., jax.A
 
 
 class GNN(nn.Module):
-  """The GraphNetwork; `__call__(graph, train)` returns logits [n_graph, num_outputs].
+  """The GraphNetwork; `__call__(graph, train, dropout_rate)` returns logits
+  [n_graph, num_outputs].
 
   Attributes:
     num_outputs: number of tasks (128 on ogbg-molpcba).
     latent_dim: width of the node and edge embeddings.
     hidden_dims: widths of the layers of each MLP.
-    dropout_rate: dropout after every hidden layer (in training mode).
     num_message_passing_steps: number of GraphNetwork blocks.
   """
   num_outputs: int
   latent_dim: int = 256
   hidden_dims: Tuple[int, ...] = (256,)
-  dropout_rate: float = 0.1
   num_message_passing_steps: int = 5
 
   @nn.compact
-  def __call__(self, graph: jraph.GraphsTuple, train: bool) -> jax.Array:
+  def __call__(self, graph: jraph.GraphsTuple, train: bool,
+               dropout_rate: jax.typing.ArrayLike = DROPOUT_RATE) -> jax.Array:
     """Args: graph with nodes [N, 9], edges [E, 3] (float32), senders/receivers [E], n_node and
-    n_edge [n_graph] (its globals are ignored); train: apply dropout (needs a 'dropout' rng).
+    n_edge [n_graph] (its globals are ignored); train: apply dropout (needs a 'dropout' rng);
+    dropout_rate: after every hidden layer, in training mode (a float or a traced scalar).
 
     Returns: logits [n_graph, num_outputs]."""
-    dropout = nn.Dropout(rate=self.dropout_rate, deterministic=not train)
+    dropout_layer = Dropout()
+
+    def dropout(x: jax.Array) -> jax.Array:
+      return dropout_layer(x, dropout_rate, deterministic=not train)
+
     graph = graph._replace(globals=jnp.zeros([graph.n_node.shape[0], self.num_outputs]))
     embed = jraph.GraphMapFeatures(
         embed_node_fn=nn.Dense(self.latent_dim, name='node_embedding'),

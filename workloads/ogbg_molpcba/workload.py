@@ -17,9 +17,9 @@ import jraph
 import numpy as np
 import optax
 
-from workloads.ogbg_molpcba import configs, embedded_data, input_pipeline, metrics, model
 from contract import types as api_types
-from contract.workload import Workload
+from workloads.config_workload import ConfigWorkload, seed_from_rng
+from workloads.ogbg_molpcba import configs, embedded_data, input_pipeline, metrics, model
 
 # Splits `_build_input_queue` accepts; 'eval_train' is the first `num_eval_train_examples`
 # training molecules in stored order (what `eval_model` scores as 'train').
@@ -72,13 +72,8 @@ def parameter_types(params: api_types.ParameterContainer) -> Any:
   return jax.tree_util.tree_map_with_path(param_type, params)
 
 
-def seed_from_rng(rng: api_types.RandomState) -> int:
-  """A non-negative int32 seed drawn from a JAX key (raw or typed)."""
-  return int(jax.random.randint(rng, (), 0, np.iinfo(np.int32).max))
-
-
-class OgbgMolpcbaWorkload(Workload):
-  """ogbg-molpcba (AlgoPerf) with `full`, `small` and `tiny` configs.
+class OgbgMolpcbaWorkload(ConfigWorkload):
+  """ogbg-molpcba (AlgoPerf's `ogbg`) with `full`, `paper`, `small` and `tiny` configs.
 
   Data sources: `tfds` reads tensorflow-datasets' `ogbg_molpcba:0.1.3` from `data_dir`;
   `embedded` reads the RDKit-derived data set, cached under `data_dir` when one is given, else
@@ -87,17 +82,18 @@ class OgbgMolpcbaWorkload(Workload):
   config.
   """
 
-  workload_name = 'ogbg_molpcba'
+  workload_name = 'ogbg'
   config_names = configs.CONFIG_NAMES
+  get_config = staticmethod(configs.get_config)
 
   build_embedded_data = staticmethod(embedded_data.build_embedded_data)
 
   def __init__(self, config_name: str = 'small', data_dir: Optional[str] = None,
                data_source: Optional[str] = None) -> None:
     super().__init__(config_name=config_name, data_dir=data_dir, data_source=data_source)
-    self.config = configs.get_config(config_name)
     self.data_config = configs.get_data_config(self.data_source)
     self._model: Optional[model.GNN] = None
+    self._dropout_rate = self.config.model.dropout_rate
     self._embedded: Optional[embedded_data.EmbeddedData] = None
     self._eval_outputs = jax.jit(self._eval_outputs_fn)
 
@@ -177,14 +173,6 @@ class OgbgMolpcbaWorkload(Workload):
     return 'mean_average_precision'
 
   @property
-  def validation_target_value(self) -> float:
-    return self.config.validation_target_value
-
-  @property
-  def test_target_value(self) -> float:
-    return self.config.test_target_value
-
-  @property
   def loss_type(self) -> api_types.LossType:
     # AlgoPerf's base class says SOFTMAX_CROSS_ENTROPY, but its loss is the sigmoid one.
     return api_types.LossType.SIGMOID_CROSS_ENTROPY
@@ -208,45 +196,20 @@ class OgbgMolpcbaWorkload(Workload):
   def num_test_examples(self) -> int:
     return self._num_split_examples('test')
 
-  @property
-  def eval_batch_size(self) -> int:
-    return self.config.eval_batch_size
-
-  @classmethod
-  def batch_size_of_config(cls, config_name: str) -> int:
-    return configs.get_config(config_name).batch_size
-
-  @property
-  def max_allowed_runtime_sec(self) -> int:
-    return self.config.max_allowed_runtime_sec
-
-  @property
-  def eval_period_time_sec(self) -> int:
-    return self.config.eval_period_time_sec
-
-  @property
-  def eval_period_steps(self) -> Optional[int]:
-    return self.config.eval_period_steps
-
-  @property
-  def step_hint(self) -> int:
-    return self.config.step_hint
-
   # Model -------------------------------------------------------------------------------------
-
-  def _build_model(self, dropout_rate: Optional[float]) -> model.GNN:
-    model_config = self.config.model
-    return model.GNN(
-        num_outputs=self.num_tasks,
-        latent_dim=model_config.latent_dim,
-        hidden_dims=tuple(model_config.hidden_dims),
-        dropout_rate=model_config.dropout_rate if dropout_rate is None else dropout_rate,
-        num_message_passing_steps=model_config.num_message_passing_steps)
 
   def init_model_fn(self, rng: api_types.RandomState, dropout_rate: Optional[float] = None
                     ) -> Tuple[api_types.ParameterContainer, api_types.ModelAuxiliaryState]:
-    """Initialises on a one-node, one-edge graph; returns `(params, None)` (no model state)."""
-    self._model = self._build_model(dropout_rate)
+    """Initialises on a one-node, one-edge graph; returns `(params, None)` (no model state).
+
+    `dropout_rate`, when given, replaces the config's rate for `model_fn` calls without one.
+    """
+    if dropout_rate is not None:
+      self._dropout_rate = dropout_rate
+    model_config = self.config.model
+    self._model = model.GNN(num_outputs=self.num_tasks, latent_dim=model_config.latent_dim,
+                            hidden_dims=tuple(model_config.hidden_dims),
+                            num_message_passing_steps=model_config.num_message_passing_steps)
     params_rng, dropout_rng = jax.random.split(rng)
     fake_graph = jraph.GraphsTuple(
         nodes=jnp.ones((1, embedded_data.NUM_ATOM_FEATURES)),
@@ -255,8 +218,7 @@ class OgbgMolpcbaWorkload(Workload):
         n_node=jnp.ones((1,), jnp.int32), n_edge=jnp.ones((1,), jnp.int32), globals=None)
     init_fn = jax.jit(functools.partial(self._model.init, train=False))
     params = init_fn({'params': params_rng, 'dropout': dropout_rng}, fake_graph)['params']
-    self._param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    self._param_types = parameter_types(params)
+    self._set_param_records(params, parameter_types(params))
     return params, None
 
   def is_output_params(self, param_key: Tuple[str, ...]) -> bool:
@@ -271,16 +233,22 @@ class OgbgMolpcbaWorkload(Workload):
                rng: api_types.RandomState, update_batch_norm: bool,
                dropout_rate: Optional[float] = None
                ) -> Tuple[jax.Array, api_types.ModelAuxiliaryState]:
-    """Logits [n_graph, num_tasks]; dropout (with `rng`) in TRAIN mode only. No model state."""
+    """Logits [n_graph, num_tasks]; dropout (with `rng`) in TRAIN mode only. No model state.
+
+    `dropout_rate` may be a traced scalar (a submission's hyperparameter inside `jit`); None
+    means the config's rate (or the one given to `init_model_fn`).
+    """
     del update_batch_norm  # No batch norm in the GNN.
     if model_state is not None:
-      raise ValueError(f'ogbg_molpcba has no model state, got {model_state!r}')
+      raise ValueError(f'ogbg has no model state, got {model_state!r}')
     if self._model is None:
       raise ValueError('call init_model_fn before model_fn')
-    net = self._model if dropout_rate is None else self._model.clone(dropout_rate=dropout_rate)
     train = mode == api_types.ForwardPassMode.TRAIN
-    logits = net.apply({'params': params}, augmented_and_preprocessed_input_batch['inputs'],
-                       train=train, rngs={'dropout': rng} if train else {})
+    rate = self._dropout_rate if dropout_rate is None else dropout_rate
+    logits = self._model.apply({'params': params},
+                               augmented_and_preprocessed_input_batch['inputs'], train=train,
+                               dropout_rate=rate,
+                               rngs={'dropout': rng} if train and rng is not None else {})
     return logits, None
 
   def loss_fn(self, label_batch: jax.Array, logits_batch: jax.Array,
