@@ -273,13 +273,6 @@ class Workload(metaclass=abc.ABCMeta):
         results[f'{split}/num_examples'] = num_examples
     return results
 
-  def kfac_model_fn(self, params: ParameterContainer, batch: Batch,
-                    model_state: ModelAuxiliaryState, rng: RandomState) -> jax.Array:
-    """Deprecated (goes once no submission calls it): `model_fn` in TRAIN mode, no BN update."""
-    logits, _ = self.model_fn(params, batch, model_state, ForwardPassMode.TRAIN, rng,
-                              update_batch_norm=False)
-    return logits
-
   def output_activation_fn(self, logits_batch: Tensor, framework: str = 'jax') -> Tensor:
     """Logits to probabilities by the loss type (identity for regression losses)."""
     if framework != 'jax':
