@@ -13,6 +13,7 @@ import pytest
 import kfac
 from kfac import factors, mac, tracing
 from kfac.blocks import BlockOptions, LayerStatistics, make_block
+from tests.kfac_oracles import fast_compilation  # noqa: F401 (fixture: compile without XLA passes)
 
 DAMPINGS = (1e-3, 0.1, 1.0, 10.0)
 
