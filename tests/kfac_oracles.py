@@ -222,3 +222,49 @@ def brute_force_factors(flavour: str, rows: list, jacobians: list, curvature: np
       b_factor += jac.T @ curvature[n] @ jac
       num_examples += 1
   return a_factor / (num_rows if flavour == 'expand' else num_examples), b_factor
+
+
+def empirical_fisher_blocks(apply_fn: Callable, params: Any, inputs: Any,
+                            paths: Sequence[LayerPath],
+                            per_example_loss_of_output: Callable[[jax.Array], jax.Array],
+                            num_valid: jax.Array) -> Dict[LayerPath, jax.Array]:
+  """`(1/N) sum_n (grad l_n)(grad l_n)^T` w.r.t. `layer_parameters(params, path)`, for every
+  path: the dense empirical Fisher of `L = (1/N) sum_n l_n`, with the per-example gradients from
+  `jax.jacobian` (traceable).
+
+  Args:
+    per_example_loss_of_output: the whole output -> `[N]` per-example losses `l_n`.
+    num_valid: `N`, the number of examples the mean runs over.
+  """
+  def losses_of(thetas):
+    return per_example_loss_of_output(apply_fn(_with_layer_parameters(params, thetas), inputs))
+
+  thetas = {path: layer_parameters(params, path) for path in paths}
+  return {path: gradients.T @ gradients / num_valid  # gradients: [N, P]
+          for path, gradients in jax.jacobian(losses_of)(thetas).items()}
+
+
+def empirical_b_factors(loss_gradients: np.ndarray, jacobian: np.ndarray, output_ndim: int,
+                        num_valid: float) -> Dict[str, np.ndarray]:
+  """The empirical Fisher's `B` of one layer by brute force over examples, for both flavours.
+
+  `g_n = d l_n / d s`, the gradient of example n's loss w.r.t. the layer's whole output `s`
+  (`[T, ..., P_out]`: rows, positions, features), is zero on the rows of other examples (the
+  examples do not interact), so summing over all rows sums over example n's own:
+  expand `(1/N) sum_n sum_rows g_n g_n^T`, reduce `(1/N) sum_n (sum_rows g_n)(sum_rows g_n)^T`.
+
+  Args:
+    loss_gradients: `[N, *output.shape]`, `d l_n / d output` (`jax.jacobian` of the `[N]` losses).
+    jacobian: `[*output.shape, *s.shape]` from `layer_io`.
+    output_ndim: `output.ndim`.
+    num_valid: `N`.
+  """
+  num_examples = loss_gradients.shape[0]
+  output_size = int(np.prod(jacobian.shape[:output_ndim]))
+  p_out = jacobian.shape[-1]
+  jacobian = np.asarray(jacobian, np.float64).reshape(output_size, -1, p_out)
+  gradients = np.einsum('no,orp->nrp', np.asarray(loss_gradients, np.float64).reshape(
+      num_examples, output_size), jacobian)  # [N, rows x positions, P_out]
+  summed = gradients.sum(axis=1)
+  return {'expand': np.einsum('nrp,nrq->pq', gradients, gradients) / num_valid,
+          'reduce': np.einsum('np,nq->pq', summed, summed) / num_valid}
