@@ -23,14 +23,15 @@ features), K-FAC's Fisher block is `A kron B`. MAC keeps one vector per layer:
   (`attention_weighted_mean`); query and key projections use the plain mean. `record_attention`
   captures `S` from unmodified `nn.MultiHeadDotProductAttention` calls.
 
-Everything here is a pure, jittable function; docs/mac.md has the derivation and how the public
-code (hseung88/mac) differs.
+The math is pure and jittable; `record_attention` (inside the traced forward pass) and
+`input_layer_paths` (a shape-only trace at setup) are the tracing helpers. docs/mac.md has the
+derivation and how the public code (hseung88/mac) differs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import flax.linen as nn
 import jax
