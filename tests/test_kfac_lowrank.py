@@ -312,3 +312,29 @@ def test_full_rank_low_rank_methods_precondition_like_pi_eigh(flavour):
     updates[method] = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(update)])
   for method in ('rsvd', 'brand'):
     assert relative_error(updates[method], updates['pi_eigh']) < 1e-4, method
+
+
+@pytest.mark.parametrize('kind', LOWRANK_KINDS)
+def test_non_finite_rows_keep_the_last_good_state_under_gating(kind):
+  """Through `kfac.curvature` (T_cov = T_inv = 2, lax.cond gating): NaN rows on step 2 are
+  rejected and counted, and the preconditioner stays that of step 0."""
+  rng = np.random.default_rng(11)
+  block = make_block(kind, 10, 4, BlockOptions(rank=3))
+  config = kfac.CurvatureConfig(blocks={('Dense_0',): block}, damping=DAMPING,
+                                cov_update_every=2, inverse_update_every=2, warm_start_steps=0)
+  good = LayerStatistics(*(jnp.asarray(rows) for rows in (row_batches(rng, 10, 5, 1)[0],
+                                                          row_batches(rng, 4, 5, 1)[0])),
+                         jnp.zeros(10))
+  bad = good._replace(a_rows=good.a_rows.at[0, 0].set(jnp.nan))
+  step = jax.jit(lambda state, stats: kfac.curvature.update_curvature(
+      state, lambda: {('Dense_0',): stats}, config))
+  grad = jnp.asarray(rng.standard_normal((10, 4)), jnp.float32)
+  apply = jax.jit(lambda state: block.apply(state.blocks[('Dense_0',)], grad, DAMPING))
+  state = step(kfac.curvature.init_curvature_state(config), good)
+  after_good = apply(state)
+  for stats in (good, bad):  # step 1: not due; step 2: due, rejected
+    state = step(state, stats)
+  assert int(state.rejected[('Dense_0',)]) == 1 and int(state.counts[('Dense_0',)]) == 1
+  # rsvd re-decomposes the same average on step 2, from a new sketch (exact here: d <= r + p).
+  assert relative_error(apply(state), after_good) < 1e-5
+  assert relative_error(after_good, grad) > 0.1
