@@ -1,6 +1,7 @@
 """A submission written the way upstream AlgoPerf's JAX baselines are (the same imports, names and
 calls: `from algoperf import jax_sharding_utils, spec`, `param_shapes` leaves' `.shape_tuple`,
-jitted steps with NamedShardings, `spec.TrainingCompleteError`), Adam on any workload.
+jitted steps with NamedShardings, `spec.TrainingCompleteError`), Adam on any workload. It has no
+`prepare_for_eval` (optional since upstream v0.6): the contract's pass-through is used.
 
 Our own code; for tests that upstream-style submissions run here unchanged. `CALLS` records the
 workload names `get_batch_size` was asked about.
@@ -72,22 +73,7 @@ def update_params(workload: spec.Workload, current_param_container: spec.Paramet
   return (state, update_fn), params, model_state
 
 
-def prepare_for_eval(workload: spec.Workload, current_param_container: spec.ParameterContainer,
-                     current_params_types: spec.ParameterTypeTree,
-                     model_state: spec.ModelAuxiliaryState,
-                     hyperparameters: spec.Hyperparameters, loss_type: spec.LossType,
-                     optimizer_state: spec.OptimizerState,
-                     eval_results: List[Tuple[int, float]], global_step: int,
-                     rng: spec.RandomState) -> spec.UpdateReturn:
-  del workload, current_params_types, hyperparameters, loss_type, eval_results, global_step, rng
-  return optimizer_state, current_param_container, model_state
-
-
-def data_selection(workload: spec.Workload, input_queue: Iterator[Dict[str, spec.Tensor]],
-                   optimizer_state: spec.OptimizerState,
-                   current_param_container: spec.ParameterContainer,
-                   model_state: spec.ModelAuxiliaryState, hyperparameters: spec.Hyperparameters,
-                   global_step: int, rng: spec.RandomState) -> Dict[str, spec.Tensor]:
-  del workload, optimizer_state, current_param_container, model_state, hyperparameters
-  del global_step, rng
+def data_selection(workload, input_queue: Iterator[Dict[str, spec.Tensor]], *args
+                   ) -> Dict[str, spec.Tensor]:
+  del workload, args  # optimizer_state, params, model_state, hyperparameters, step, rng
   return next(input_queue)
