@@ -6,16 +6,14 @@ whole checkpoint or a temporary folder that `latest()` removes. Every array carr
 the metadata: a truncated or garbled file is found at restore, reported in one line, moved
 aside (`ckpt_<seq>.corrupt`) and the previous checkpoint is used.
 
-State trees and their non-array leaves. A submission's optimiser state is any pytree; upstream
-JAX submissions return `(opt_state, update_fn)`, ours a `TrainState` with a jitted step that may
-be None until the first batch. A tree is saved as its pickled `PyTreeDef` (so the saved
-structure is rebuilt, whatever the template looks like), its array leaves (orbax) and its Python
-scalars (JSON). Every other leaf (a function, an object) is not saved. At restore, the
-non-array leaf at key path `p` (`jax.tree_util.keystr`) is the template's leaf at `p` when the
-template (a fresh `init_optimizer_state`) has a non-array leaf there, else None. Node types must
-be importable (module-level NamedTuples, dicts, tuples, lists, registered pytree classes).
-
-`save` returns its seconds: the runner books them to a `checkpoint` bucket of the time split.
+Optimiser states are any pytree: upstream's `(opt_state, update_fn)`, our `TrainState` whose
+step functions are None until the first batch. A tree is saved as its pickled `PyTreeDef` (the
+saved structure is rebuilt, whatever the template), its arrays (orbax) and Python scalars (JSON).
+The rest is not saved: each largest subtree with no array or scalar leaf (a function,
+`StepFunctions(init, train_step)`) is, at restore, the template's subtree at the same key path
+(a fresh `init_optimizer_state`'s), None where the template has none. Node types are pickled by
+reference: importable classes (a submission file's own once the runner has loaded it). `save`
+returns its seconds: the runner books them to a `checkpoint` bucket of the time split.
 """
 
 from __future__ import annotations
@@ -65,54 +63,69 @@ class TrialCheckpoint(NamedTuple):
 _TREES = ('params', 'optimizer_state', 'model_state', 'rng')
 
 
+_ARRAYS = (jax.Array, np.ndarray, np.generic)
+_SAVED = _ARRAYS + (bool, int, float, str)
+
+
+def _unsaved_subtree(node: Any) -> bool:
+  """Whether `node` is a leaf or subtree with leaves and no array or scalar among them."""
+  leaves = jax.tree_util.tree_leaves(node)
+  return node is not None and bool(leaves) and not any(isinstance(x, _SAVED) for x in leaves)
+
+
 def _encode_tree(tree: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
   """Splits a pytree into host arrays (keyed by leaf index) and a JSON-able description."""
-  path_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  arrays, leaves = {}, []
+  path_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_unsaved_subtree)
+  arrays, leaves, unsaved_paths = {}, [], {}
   for i, (path, leaf) in enumerate(path_leaves):
-    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      kind, value = 'key:' + str(jax.random.key_impl(leaf)), jax.random.key_data(leaf)
-    elif isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
-      kind, value = ('jax' if isinstance(leaf, jax.Array) else 'numpy'), leaf
-    elif isinstance(leaf, (bool, int, float, str)):
+    if not isinstance(leaf, _SAVED):
+      leaves.append(['unsaved', jax.tree_util.keystr(path)])
+      unsaved_paths[i] = path
+    elif not isinstance(leaf, _ARRAYS):
       leaves.append(['scalar', leaf])
-      continue
     else:
-      leaves.append(['opaque', jax.tree_util.keystr(path), type(leaf).__name__])
-      continue
-    host = np.asarray(jax.device_get(value))
-    if host.size:  # orbax refuses empty arrays; their shape and dtype say all.
-      arrays[str(i)] = host
-    leaves.append([kind, _crc(host), list(host.shape), host.dtype.name])
+      is_key = isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                      jax.dtypes.prng_key)
+      kind = (f'key:{jax.random.key_impl(leaf)}' if is_key else
+              'jax' if isinstance(leaf, jax.Array) else 'numpy')
+      host = np.asarray(jax.device_get(jax.random.key_data(leaf) if is_key else leaf))
+      if host.size:  # orbax refuses empty arrays; their shape and dtype say all.
+        arrays[str(i)] = host
+      leaves.append([kind, _crc(host), list(host.shape), host.dtype.name])
   try:
-    structure = base64.b64encode(pickle.dumps(treedef)).decode('ascii')
+    structure = base64.b64encode(pickle.dumps((treedef, unsaved_paths))).decode('ascii')
   except (pickle.PicklingError, AttributeError, TypeError) as e:
     raise BenchmarkError(f'cannot checkpoint a tree of structure {treedef}: {e} '
                          '(pytree node types must be importable module-level classes)') from e
-  return arrays, {'treedef': structure, 'leaves': leaves}
+  return arrays, {'structure': structure, 'leaves': leaves}
 
 
 def _crc(array: np.ndarray) -> int:
   return zlib.crc32(np.ascontiguousarray(array).view(np.uint8))
 
 
+def _subtree(tree: Any, path: Tuple[Any, ...]) -> Any:
+  """`tree`'s subtree at key path `path`, None where there is none."""
+  for key in path:
+    children = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x, t=tree: x is not t)[0]
+    tree = next((child for p, child in children if p and p[0] == key), None)
+  return tree
+
+
 def _decode_tree(arrays: Dict[str, np.ndarray], description: Dict[str, Any],
                  template: Any = None) -> Any:
-  """Rebuilds `_encode_tree`'s tree; non-array leaves come from `template` by key path."""
+  """Rebuilds `_encode_tree`'s tree; unsaved subtrees come from `template` by key path."""
   try:
-    treedef = pickle.loads(base64.b64decode(description['treedef']))
+    treedef, unsaved_paths = pickle.loads(base64.b64decode(description['structure']))
   except (ImportError, AttributeError) as e:
     raise BenchmarkError(f'a checkpointed state has a pytree node type that cannot be imported '
                          f'here ({type(e).__name__}: {e}); load the same code to resume') from e
-  template_leaves = {jax.tree_util.keystr(p): x
-                     for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}
   leaves = []
   for i, (kind, *info) in enumerate(description['leaves']):
     if kind == 'scalar':
       leaves.append(info[0])
-    elif kind == 'opaque':
-      fresh = template_leaves.get(info[0])
-      leaves.append(None if isinstance(fresh, (jax.Array, np.ndarray)) else fresh)
+    elif kind == 'unsaved':
+      leaves.append(_subtree(template, unsaved_paths[i]))
     else:
       crc, shape, dtype = info
       value = (np.asarray(arrays[str(i)]) if math.prod(shape) else
@@ -138,9 +151,7 @@ class Checkpointer:
   """Atomic trial checkpoints in one folder, keeping the newest `keep`."""
 
   def __init__(self, directory: str, keep: int = 2, log: Callable[[str], None] = print) -> None:
-    if keep < 1:
-      raise BenchmarkError(f'keep must be at least 1, got {keep}')
-    self.directory, self.keep, self.log = os.path.abspath(directory), keep, log
+    self.directory, self.keep, self.log = os.path.abspath(directory), max(keep, 1), log
     self._orbax = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
   def _listdir(self) -> List[str]:
@@ -169,17 +180,15 @@ class Checkpointer:
       why = 'the disk is full' if _is_disk_full(e) else f'{type(e).__name__}: {e}'
       raise BenchmarkError(f'checkpoint {path} could not be written ({why}); the trial stops, '
                            f'earlier checkpoints and measurements are kept') from e
-    for old in self.names()[:-self.keep]:
-      doomed = os.path.join(self.directory, old + '.deleting')
-      os.rename(os.path.join(self.directory, old), doomed)
-      shutil.rmtree(doomed)
+    for old in self.names()[:-self.keep]:  # Renamed first: a kill never leaves half of one.
+      os.rename(os.path.join(self.directory, old), os.path.join(self.directory, old + '.deleting'))
+    self._remove_temporaries('')
     return time.perf_counter() - start
 
   def latest(self, optimizer_template: Any = None) -> Optional[TrialCheckpoint]:
     """The newest checkpoint that restores, or None. Half-written folders (killed writes) are
     removed; an unreadable checkpoint is reported in one line, renamed `<name>.corrupt` and the
-    previous one tried. The optimiser state's non-array leaves come from `optimizer_template`.
-    """
+    previous one tried. Unsaved optimiser-state subtrees come from `optimizer_template`."""
     self._remove_temporaries('', announce=True)
     for name in reversed(self.names()):
       path = os.path.join(self.directory, name)
@@ -209,20 +218,16 @@ class Checkpointer:
     for name in self._listdir():
       if name.startswith(prefix) and (_TMP_MARK in name or name.endswith('.deleting')):
         if announce and _TMP_MARK in name:
-          self.log(f'checkpoint {os.path.join(self.directory, name)} is half-written (its '
-                   f'write was interrupted); removed')
+          self.log(f'checkpoint {self.directory}/{name} is half-written (a killed write); removed')
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
 
 class ResumableQueue:
-  """An input queue that counts the batches drawn from it, resumable by replay.
-
-  `ResumableQueue(build, skip)` calls `build()` (which must rebuild the same deterministic
-  queue, e.g. `workload.build_input_queue` with the trial's data rng) and draws and drops `skip`
-  batches, so the next batch is the one an uninterrupted trial would see. Cost: the input
-  pipeline is replayed, `skip` batches built and thrown away (no model work): measured 7 ms a
-  batch on ogbg small, 0.3 ms on the image small configs (2 busy cores, load 10).
-  """
+  """An input queue that counts the batches drawn from it (`batches_drawn`), resumable by
+  replay: `build()` must rebuild the same deterministic queue (`workload.build_input_queue` with
+  the trial's data rng); `skip` batches are drawn and dropped, so the next one is the batch an
+  uninterrupted trial would see. Cost: the input pipeline is replayed (no model work): measured
+  7 ms a batch on ogbg small, 0.3 ms on the image small configs (2 busy cores, load 10)."""
 
   def __init__(self, build: Callable[[], Iterator[Any]], skip: int = 0) -> None:
     self._queue, self.batches_drawn = iter(build()), 0
@@ -239,10 +244,8 @@ class ResumableQueue:
 
 
 class MeasurementsWriter:
-  """Appends one `eval_measurements.csv` row per evaluation, each fsync'ed, never torn (a
-  failed append is cut off again); `resume` repairs the file after a kill. Columns are upstream's:
-  the sorted keys of the first row. `rows` counts the data rows on disk.
-  """
+  """Appends `eval_measurements.csv` rows, each fsync'ed and never torn (a failed append is cut
+  off); `resume` repairs the file after a kill. Columns: the first row's sorted keys (upstream)."""
 
   def __init__(self, path: str) -> None:
     self.path, self.rows = path, 0
@@ -265,8 +268,7 @@ class MeasurementsWriter:
       with open(self.path, 'rb') as f:
         lines = f.read().split(b'\n')[:-1]  # The last piece has no newline: torn or empty.
     if rows_before > max(len(lines) - 1, 0):
-      raise BenchmarkError(f'{self.path} has {max(len(lines) - 1, 0)} complete rows but the '
-                           f'checkpoint follows {rows_before}: the measurements were lost')
+      raise BenchmarkError(f'{self.path} lost rows: the checkpoint follows {rows_before} rows')
     self.columns, self.rows = None, rows_before
     if lines and rows_before > 0:
       self.columns = next(csv.reader([lines[0].decode('utf-8')]))

@@ -115,6 +115,30 @@ def test_lazier_template_keeps_the_saved_structure_and_leaves_missing_functions_
   assert restored.opt_state['fn'] is None and restored.step_fn is None and restored.count == 5
 
 
+class StepFunctions(NamedTuple):
+  init: Callable
+  train_step: Callable
+
+
+class LazyTrainState(NamedTuple):
+  """Our submissions' layout: functions built from the first batch, None before it."""
+  opt_state: Any
+  functions: Optional[StepFunctions]
+  build: Callable
+
+
+def test_a_subtree_of_functions_is_taken_whole_from_the_template(tmp_path):
+  optimizer = optax.sgd(0.1, momentum=0.9)
+  saved = LazyTrainState(optimizer.init(_params(1)),
+                         StepFunctions(optimizer.init, jax.jit(_step_fn)), lambda batch: None)
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(_state(1, opt_state=saved))
+  build = lambda batch: StepFunctions(optimizer.init, jax.jit(_step_fn))  # noqa: E731
+  restored = ckpt.latest(LazyTrainState(None, None, build)).optimizer_state
+  assert restored.functions is None and restored.build is build
+  assert type(restored.opt_state[0]) is type(saved.opt_state[0])
+
+
 def test_every_leaf_kind_round_trips_with_its_type_and_dtype(tmp_path):
   key = jax.random.key(7)
   leaves = {'bf16': jnp.arange(4, dtype=jnp.bfloat16), 'i32': jnp.array(3, jnp.int32),
@@ -374,3 +398,41 @@ def test_kill_resume_harness_ignores_times_and_finds_torn_rows_and_changed_metri
                       summary.replace('20', '21'))
   problems = kill_resume.compare(clean, changed, 1e-6, 1e-6)
   assert any('validation/loss' in p for p in problems) and any('global_steps' in p for p in problems)
+
+
+@pytest.mark.slow  # Two K-FAC compilations: 26 s at load 10 on 2 cores.
+def test_a_kfac_submission_resumed_from_a_checkpoint_continues_like_an_uninterrupted_one(tmp_path):
+  import types
+  from submissions import kfac_reduce
+  from tests.fake_workload import FakeWorkload
+  workload = FakeWorkload()
+  hparams = types.SimpleNamespace(
+      learning_rate=0.05, one_minus_beta1=0.1, weight_decay=0.0, warmup_factor=0.05,
+      decay_steps_factor=1.0, end_factor=0.0, damping=1e-3, label_smoothing=0.0,
+      inverse_update_every=2)
+  params, model_state = workload.init_model_fn(jax.random.PRNGKey(0))
+
+  def fresh_state():
+    return kfac_reduce.init_optimizer_state(workload, params, model_state, hparams,
+                                            jax.random.PRNGKey(2))
+
+  def train(state, params, queue, steps: range):
+    for step in steps:
+      state, params, _ = kfac_reduce.update_params(
+          workload, params, None, model_state, hparams, next(queue), workload.loss_type, state,
+          [], step, jax.random.PRNGKey(step))
+    return state, params
+
+  def build_queue():
+    return workload.build_input_queue(jax.random.PRNGKey(1), 'train', None, 32)
+
+  queue = checkpoint.ResumableQueue(build_queue)
+  state, params = train(fresh_state(), params, queue, range(3))
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(checkpoint.TrialCheckpoint(params, state, model_state, jax.random.PRNGKey(0), 3,
+                                       queue.batches_drawn, {}, 0, {}))
+  _, uninterrupted = train(state, params, queue, range(3, 7))
+  restored = ckpt.latest(fresh_state())
+  resumed_queue = checkpoint.ResumableQueue(build_queue, skip=restored.batches_drawn)
+  _, resumed = train(restored.optimizer_state, restored.params, resumed_queue, range(3, 7))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed, uninterrupted)
