@@ -60,33 +60,43 @@ def _split(flat: jax.Array, like: Sequence[jax.Array]) -> List[jax.Array]:
           for start, stop, leaf in zip(offsets[:-1], offsets[1:], like)]
 
 
-def mean_over_devices(statistics: Any, num_valid: jax.Array, axis_name: str
-                      ) -> Tuple[Any, jax.Array]:
+def mean_over_devices(statistics: Any, num_valid: Any, axis_name: str) -> Tuple[Any, Any]:
   """The global batch's statistics from each device's own, with one all-reduce: equation (1).
 
   Call inside `jax.shard_map` (or any context binding `axis_name`).
 
   Args:
-    statistics: this device's pytree of floating arrays, each a mean over its `num_valid`
-      examples (e.g. `{layer: (A [dim_a, dim_a], B [dim_b, dim_b])}`). Ignored (may be NaN) on a
-      device with `num_valid == 0`.
-    num_valid: scalar, this device's number of valid examples `n_d` (may differ per device).
+    statistics: this device's pytree of floating arrays, each a mean over its valid examples
+      (e.g. `{layer: (A [dim_a, dim_a], B [dim_b, dim_b])}`). Ignored (may be NaN) where its
+      count is 0.
+    num_valid: this device's count `n_d` that the statistics were divided by (may differ per
+      device): a scalar for all, or a pytree prefix of `statistics` giving each subtree its own
+      count (e.g. `{layer: n}` when a graph layer averages over valid nodes, another over
+      valid graphs).
     axis_name: the mesh axis the batch is sharded over.
 
   Returns:
     `(sum_d n_d s_d / sum_d n_d, sum_d n_d)`: the statistics (same structure, shapes and dtypes,
-    zeros when no device has a valid example) and the global valid count, the same on every
-    device.
+    zeros where no device has a valid example) and the global counts (structure of
+    `num_valid`), the same on every device.
   """
   leaves, treedef = jax.tree_util.tree_flatten(statistics)
+  count_leaves, count_def = jax.tree_util.tree_flatten(num_valid)
   dtype = jnp.result_type(jnp.float32, *leaves)
-  count = jnp.asarray(num_valid, dtype)
-  weighted = [jnp.where(count > 0, leaf.astype(dtype) * count, 0) for leaf in leaves]
-  total = jax.lax.psum(_concatenate([count] + weighted, dtype), axis_name)
-  global_count, *sums = _split(total, [count] + [leaf.astype(dtype) for leaf in leaves])
-  means = [(total_leaf / jnp.maximum(global_count, 1)).astype(leaf.dtype)
-           for total_leaf, leaf in zip(sums, leaves)]
-  return jax.tree_util.tree_unflatten(treedef, means), global_count
+  counts = [jnp.asarray(count, dtype) for count in count_leaves]
+  # Which count each statistics leaf was divided by.
+  owner = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda index, subtree: jax.tree_util.tree_map(lambda _: index, subtree),
+      jax.tree_util.tree_unflatten(count_def, range(len(counts))), statistics))
+  weighted = [jnp.where(counts[i] > 0, leaf.astype(dtype) * counts[i], 0)
+              for i, leaf in zip(owner, leaves)]
+  total = jax.lax.psum(_concatenate(counts + weighted, dtype), axis_name)
+  pieces = _split(total, counts + [leaf.astype(dtype) for leaf in leaves])
+  global_counts, sums = pieces[:len(counts)], pieces[len(counts):]
+  means = [(total_leaf / jnp.maximum(global_counts[i], 1)).astype(leaf.dtype)
+           for i, total_leaf, leaf in zip(owner, sums, leaves)]
+  return (jax.tree_util.tree_unflatten(treedef, means),
+          jax.tree_util.tree_unflatten(count_def, global_counts))
 
 
 def sharded_mean_statistics(statistics_fn: Callable[..., Tuple[Any, jax.Array]], mesh: Mesh,
@@ -94,14 +104,15 @@ def sharded_mean_statistics(statistics_fn: Callable[..., Tuple[Any, jax.Array]],
   """`statistics_fn` run on each device's shard, averaged with `mean_over_devices`.
 
   Args:
-    statistics_fn: `(*args) -> (statistics, num_valid)` of one shard (see `mean_over_devices`).
+    statistics_fn: `(*args) -> (statistics, num_valid)` of one shard (see `mean_over_devices`;
+      fold `lax.axis_index(axis_name)` into any sampling key so devices draw independently).
     mesh: the devices; `axis_name` one of its axes.
     axis_name: the data axis.
     in_specs: `PartitionSpec`s of `args` (e.g. `(P(), P(axis_name))` for replicated parameters
       and a batch sharded along its leading dimension).
 
   Returns:
-    `(*args) -> (global statistics, global valid count)`, replicated; jittable.
+    `(*args) -> (global statistics, global valid counts)`, replicated; jittable.
   """
   def on_device(*args):
     return mean_over_devices(*statistics_fn(*args), axis_name)

@@ -98,19 +98,25 @@ for device, valid in enumerate(valid_per_device):
 x[mask == 0] = np.nan  # Padding must not leak (0/0 on the device without valid examples).
 
 def shard_statistics(scale, batch):
-  rows, weights = batch
+  rows, weights, node_weights = batch
   rows = jnp.where(weights[:, None] > 0, rows, 0.0)
   n = jnp.sum(weights)
   with_bias = jnp.concatenate([rows, weights[:, None]], axis=1)
-  return {'a': (scale * with_bias.T @ with_bias / n, jnp.sum(rows, 0) / n)}, n
+  # A second layer averaging over other units (say, valid nodes: 0 to 3 per example).
+  nodes = jnp.sum(node_weights)
+  return ({'a': (scale * with_bias.T @ with_bias / n, jnp.sum(rows, 0) / n),
+           'nodes': (node_weights * rows[:, 0]) @ rows / nodes},
+          {'a': n, 'nodes': nodes})
 
 statistics_fn = jax.jit(distributed.sharded_mean_statistics(
     shard_statistics, mesh, 'data', (P(), P('data'))))
-batch = jax.device_put((x, mask), NamedSharding(mesh, P('data')))
+node_weights = rng.integers(0, 4, len(x)).astype(np.float32) * mask
+batch = jax.device_put((x, mask, node_weights), NamedSharding(mesh, P('data')))
 compiled_statistics = statistics_fn.lower(jnp.float32(2.0), batch).compile()
 stats_hlo = compiled_statistics.as_text()
-stats, count = compiled_statistics(jnp.float32(2.0), batch)
+stats, counts = compiled_statistics(jnp.float32(2.0), batch)
 valid = x[mask > 0].astype(np.float64)
+node_valid = node_weights[mask > 0]
 valid_bias = np.concatenate([valid, np.ones((len(valid), 1))], axis=1)
 
 print(json.dumps({
@@ -125,7 +131,10 @@ print(json.dumps({
     'finite': [bool(spread[n]['finite']) for n in layers],
     'inverse_all_reduces': hlo.count(' all-reduce('),
     'statistics_all_reduces': stats_hlo.count(' all-reduce('),
-    'count': float(count),
+    'count': float(counts['a']),
+    'node_count': float(counts['nodes']),
+    'nodes_error': float(np.max(np.abs(stats['nodes'] - (node_valid * valid[:, 0]) @ valid
+                                       / node_valid.sum()))),
     'a_error': float(np.max(np.abs(stats['a'][0] - 2.0 * valid_bias.T @ valid_bias / len(valid)))),
     'mean_error': float(np.max(np.abs(stats['a'][1] - valid.mean(0)))),
     'replicated': bool(stats['a'][0].sharding.is_fully_replicated),
@@ -170,6 +179,8 @@ def test_statistics_equal_global_batch_with_uneven_valid_counts(device_run):
   assert device_run['count'] == sum(VALID_PER_DEVICE)
   assert device_run['a_error'] < 1e-5
   assert device_run['mean_error'] < 1e-5
+  # Per-layer counts: the node-averaged layer weighted by nodes, not examples.
+  assert device_run['node_count'] > 0 and device_run['nodes_error'] < 1e-5
   assert device_run['replicated']
 
 
