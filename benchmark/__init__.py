@@ -1,4 +1,5 @@
-"""The AlgoPerf-style harness: contract, runner, tuning, scoring, report, CLI.
+"""The AlgoPerf-style harness: the trial loop and experiments, tuning, results, scoring, report, CLI
+(the contract it runs against is the package `contract/`).
 
 jaxlib's CPU linear algebra (`eigh`, K-FAC's inverses) calls scipy's LAPACK, whose OpenBLAS
 spawns one thread per core and spin-waits: on a 2-core machine shared with XLA's own threads a

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from contract import types as api_types
 from contract.workload import Workload
+from workloads.config_workload import seed_from_rng
 
 class FakeWorkload(Workload):
   """`<split>/score = global_step / 100` on every split; `<split>/loss` is the real loss.
@@ -86,7 +87,7 @@ class FakeWorkload(Workload):
 
   def _build_input_queue(self, data_rng, split, data_dir, global_batch_size, cache=None,
                          repeat_final_dataset=None, num_batches=None):
-    rng = np.random.RandomState(int(jax.random.randint(data_rng, (), 0, 2**30)))
+    rng = np.random.RandomState(seed_from_rng(data_rng))
     while True:
       idx = rng.randint(0, len(self.x), global_batch_size)
       self._step += 1
