@@ -49,6 +49,7 @@ flags.DEFINE_bool('quick', False, 'Short run: 3 timed repeats instead of --repea
 flags.DEFINE_integer('repeats', 9, 'Timed repeats of T_inv steps each (median reported).')
 flags.DEFINE_integer('inverse_update_every', 10, 'T_inv of the amortised K-FAC variants.')
 flags.DEFINE_list('models', ['cnn', 'transformer', 'ogbg'], 'Models to time.')
+flags.DEFINE_string('inverse_method', 'eigh', 'inverse_method of the K-FAC variants (kfac.blocks).')
 flags.DEFINE_string('output', 'docs/bench_kfac_step.md', 'Markdown report path.')
 
 # The issue's goal for the amortised K-FAC-reduce step, as a multiple of a Nesterov step.
@@ -209,7 +210,8 @@ def variants(inverse_every: int) -> List[Variant]:
       return kfac.kfac_optimizer(apply_fn, learning_rate=LEARNING_RATE, momentum=0.9, loss=loss,
                                  sample_inputs=sample_inputs, flavour=flavour, fisher_type='mc',
                                  damping=DAMPING, cov_update_every=cov_every,
-                                 inverse_update_every=inv_every)
+                                 inverse_update_every=inv_every,
+                                 inverse_method=FLAGS.inverse_method)
     return make
 
   return [

@@ -44,7 +44,7 @@ import threadpoolctl  # noqa: E402
 import optax  # noqa: E402
 
 import kfac  # noqa: E402
-from kfac import laplace  # noqa: E402
+from kfac import laplace, marglik  # noqa: E402
 import workloads  # noqa: E402
 from contract.types import ForwardPassMode  # noqa: E402
 from workloads.cifar_wrn.workload import CifarWrnWorkload  # noqa: E402
@@ -196,7 +196,7 @@ def train_flavour(workload: CifarWrnWorkload, flavour: str, settings: RunSetting
       likelihood='classification', flavour=flavour, fisher_type=FLAGS.fisher_type,
       rest_prior_precision=FLAGS.rest_prior_precision,
       learning_rate=FLAGS.hyper_learning_rate, num_steps=settings.hyper_steps)
-  marglik_state = laplace.init_marglik_state(layer_infos, config, FLAGS.prior_precision)
+  marglik_state = marglik.init_marglik_state(layer_infos, config, FLAGS.prior_precision)
 
   schedule = optax.cosine_decay_schedule(settings.learning_rate,
                                          settings.epochs * steps_per_epoch)
@@ -210,7 +210,7 @@ def train_flavour(workload: CifarWrnWorkload, flavour: str, settings: RunSetting
                                             update_batch_norm=True)
       nll = laplace.per_example_nll(logits, batch['targets'], hyperparameters.log_sigma, config)
       mean_nll = jnp.sum(nll * batch['weights']) / jnp.sum(batch['weights'])
-      prior = laplace.prior_penalty(p, hyperparameters, layer_infos, config)
+      prior = marglik.prior_penalty(p, hyperparameters, layer_infos, config)
       return mean_nll + prior / num_train, new_state
 
     grads, new_state = jax.grad(loss_fn, has_aux=True)(params)
@@ -221,7 +221,7 @@ def train_flavour(workload: CifarWrnWorkload, flavour: str, settings: RunSetting
                                             config=config))
   fit_fn = jax.jit(functools.partial(laplace.laplace_fit, layer_infos=layer_infos, config=config,
                                      num_data=float(num_train)))
-  update_fn = jax.jit(functools.partial(laplace.marglik_update, config=config))
+  update_fn = jax.jit(functools.partial(marglik.marglik_update, config=config))
 
   def marglik_step(variables, state, rng):
     """One Laplace fit and K hyperparameter steps, timed by part."""
@@ -258,7 +258,7 @@ def train_flavour(workload: CifarWrnWorkload, flavour: str, settings: RunSetting
 
   def precisions(state):
     return {layer_name(path): float(value)
-            for path, value in laplace.prior_precisions(state.hyperparameters).items()}
+            for path, value in marglik.prior_precisions(state.hyperparameters).items()}
 
   yield EpochRecord(0, *evaluate(params, model_state), None, precisions(marglik_state), compile_s)
   for epoch in range(1, settings.epochs + 1):
@@ -378,7 +378,7 @@ def write_plot(path: str, results: List[FlavourResult]) -> None:
 
 def run_study() -> None:
   """Trains every flavour, writes the report."""
-  workload = workloads.get_workload('cifar_wrn', FLAGS.config, data_dir=FLAGS.data_dir)
+  workload = workloads.get_workload('cifar', FLAGS.config, data_dir=FLAGS.data_dir)
   workload.check_data_available()
   settings = run_settings(FLAGS.config, workload.num_train_examples, workload.config.batch_size)
   print(f'cifar_wrn/{FLAGS.config}: {settings}', flush=True)

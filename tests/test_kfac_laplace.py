@@ -12,7 +12,7 @@ import pytest
 import scipy.optimize
 
 import kfac
-from kfac import laplace
+from kfac import laplace, marglik
 
 NUM_EXAMPLES = 48
 ROUNDS = 30  # Fit-then-update rounds of the online selection test.
@@ -95,7 +95,7 @@ def laplace_fitter(apply_fn, config):
 
 
 def hyperparameters(precisions, sigma):
-  return laplace.Hyperparameters(
+  return marglik.Hyperparameters(
       log_prior_precision={path: jnp.log(jnp.float32(p)) for path, p in zip(LAYERS, precisions)},
       log_sigma=jnp.log(jnp.float32(sigma)))
 
@@ -108,7 +108,7 @@ def test_log_marginal_likelihood_is_the_linear_gaussian_evidence(flavour, num_ba
   params = map_params(inputs, targets, precisions, sigma)
   config = regression_config(flavour)
   fit, _ = laplace_fitter(TwoBlockLinear().apply, config)(params, inputs, targets, num_batches)
-  got = laplace.log_marginal_likelihood(hyperparameters(precisions, sigma), fit, config)
+  got = marglik.log_marginal_likelihood(hyperparameters(precisions, sigma), fit, config)
   want = sum(block_log_evidence(x, y, p, sigma)
              for (x, y), p in zip(blocks(inputs, targets), precisions))
   np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-3)
@@ -123,7 +123,7 @@ def test_kron_log_determinant_matches_dense_slogdet():
   rng = np.random.default_rng(1)
   a, b = random_spd(rng, 4), random_spd(rng, 3)
   scale, precision = 7.0, 0.5
-  got = laplace.kron_log_determinant(jnp.asarray(np.linalg.eigvalsh(a), jnp.float32),
+  got = marglik.kron_log_determinant(jnp.asarray(np.linalg.eigvalsh(a), jnp.float32),
                                      jnp.asarray(np.linalg.eigvalsh(b), jnp.float32),
                                      scale, precision)
   sign, want = jnp.linalg.slogdet(scale * jnp.kron(a, b) + precision * jnp.eye(12))
@@ -161,7 +161,7 @@ def test_marglik_terms_match_dense_posterior_precision(mlp_problem):
   model, params, inputs, targets, config, fit, layer_infos = mlp_problem
   precisions = {('hidden',): 0.8, ('out',): 5.0}
   sigma = 0.6
-  hyper = laplace.Hyperparameters(
+  hyper = marglik.Hyperparameters(
       log_prior_precision={path: jnp.log(jnp.float32(p)) for path, p in precisions.items()},
       log_sigma=jnp.log(jnp.float32(sigma)))
   compute_factors = jax.jit(functools.partial(kfac.compute_factors, model.apply, loss='mse',
@@ -183,7 +183,7 @@ def test_marglik_terms_match_dense_posterior_precision(mlp_problem):
   rest = sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(collection['norm']))
   want -= 0.5 * config.rest_prior_precision * rest
   assert set(layer_infos) == set(precisions)
-  got = laplace.log_marginal_likelihood(hyper, fit, config)
+  got = marglik.log_marginal_likelihood(hyper, fit, config)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-5, atol=1e-3)
 
 
@@ -191,12 +191,12 @@ def test_gradient_matches_finite_differences(mlp_problem):
   _, _, _, _, config, fit, _ = mlp_problem
   with jax.enable_x64(True):
     fit64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), fit)
-    hyper = laplace.Hyperparameters(
+    hyper = marglik.Hyperparameters(
         log_prior_precision={('hidden',): jnp.float64(-0.3), ('out',): jnp.float64(1.2)},
         log_sigma=jnp.float64(-0.4))
 
     def objective(h):
-      return laplace.log_marginal_likelihood(h, fit64, config)
+      return marglik.log_marginal_likelihood(h, fit64, config)
 
     grads = jax.grad(objective)(hyper)
     step = 1e-5
@@ -236,9 +236,9 @@ def test_marglik_updates_move_a_bad_prior_to_the_evidence_optimum(learn_sigma):
   want = evidence_optimum(inputs, targets, None if learn_sigma else true_sigma)
   config = regression_config('reduce', learning_rate=0.1, num_steps=30, learn_sigma=learn_sigma)
   model = TwoBlockLinear()
-  state = laplace.init_marglik_state(LAYERS, config, prior_precision=1e3,
+  state = marglik.init_marglik_state(LAYERS, config, prior_precision=1e3,
                                      sigma=2.0 if learn_sigma else true_sigma)
-  update = jax.jit(functools.partial(laplace.marglik_update, config=config))
+  update = jax.jit(functools.partial(marglik.marglik_update, config=config))
   fit_laplace = laplace_fitter(model.apply, config)
   errors, traces = [], []
   for _ in range(ROUNDS):
