@@ -15,7 +15,7 @@ import pytest
 import kfac
 from kfac import lowrank
 from kfac.blocks import BlockOptions, LayerStatistics, make_block
-from kfac.blocks.lowrank import brand_rows_note
+from kfac.blocks.lowrank import brand_rows_note, gather_rows_over_devices
 from tests.kfac_oracles import fast_compilation, relative_error  # noqa: F401 (fixture)
 
 LOWRANK_KINDS = ('rsvd', 'brand', 'brand_rsvd')
@@ -338,3 +338,17 @@ def test_non_finite_rows_keep_the_last_good_state_under_gating(kind):
   # rsvd re-decomposes the same average on step 2, from a new sketch (exact here: d <= r + p).
   assert relative_error(apply(state), after_good) < 1e-5
   assert relative_error(after_good, grad) > 0.1
+
+
+def test_gathered_rows_give_the_weighted_mean_factor():
+  """Four emulated devices (`vmap` with an axis name) with 5, 2, 0, 3 valid examples."""
+  rng = np.random.default_rng(12)
+  rows = rng.standard_normal((4, 6, 7)).astype(np.float32)
+  num_valid = np.array([5, 2, 0, 3], np.int32)
+  gathered = jax.vmap(lambda x, n: gather_rows_over_devices(x, n, 'devices'),
+                      axis_name='devices')(jnp.asarray(rows), jnp.asarray(num_valid))
+  assert gathered.shape == (4, 24, 7)
+  rows64 = rows.astype(np.float64)
+  expected = sum(n * x.T @ x for n, x in zip(num_valid, rows64)) / num_valid.sum()
+  np.testing.assert_allclose(gathered[0].T @ gathered[0], expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(gathered[3], gathered[0])

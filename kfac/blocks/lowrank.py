@@ -25,6 +25,10 @@ weight `1 / damping`, however large the other factor is there; pi gives it
 Brand's update pays off only while a batch adds few rows: its small eigenproblem has side
 `r + n` (expand on a convolution or sequence gives `n = N R` rows, reduce `n = N`); see
 `brand_rows_note`.
+
+Statistics: 'rsvd' keeps Gram matrices (additive over examples: under data parallelism they are
+averaged like the 'eigh' block's); 'brand' and 'brand_rsvd' keep the rows `X` themselves, which
+must be concatenated across devices instead (`gather_rows_over_devices`).
 """
 
 from __future__ import annotations
@@ -80,6 +84,18 @@ def brand_rows_note(dim: int, rank: int, rows: int) -> Optional[str]:
             f'the {dim}x{dim} average (correct, as slow as eigh)')
   return (f'{rows} rows per batch + rank {rank} = {small} > {dim}/2: the Brand update is '
           f'hardly cheaper than an eigh of the {dim}x{dim} factor')
+
+
+def gather_rows_over_devices(rows: jax.Array, num_valid: jax.Array, axis_name: str) -> jax.Array:
+  """The global batch's rows for Brand's update under data parallelism (inside `shard_map`).
+
+  Device `d`'s rows `X_d [n, dim]` give its mean factor `F_d = X_d^T X_d` over `n_d` valid
+  examples; the global factor `sum_d n_d F_d / sum_d n_d` (kfac.distributed's equation (1)) is
+  `X^T X` for `X = concat_d(sqrt(n_d / sum n) X_d)` `[D n, dim]`: rows are concatenated, not
+  averaged (the 'brand' statistics are rows, not additive like Gram matrices).
+  """
+  share = num_valid.astype(rows.dtype) / jax.lax.psum(num_valid, axis_name).astype(rows.dtype)
+  return jax.lax.all_gather(rows * jnp.sqrt(share), axis_name, tiled=True)
 
 
 def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions, *,
