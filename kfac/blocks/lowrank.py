@@ -13,7 +13,7 @@ replace the `eigh` of each Kronecker factor (cubic in its side `d`) by a rank-`r
   decomposition is overwritten by a randomised one of the full average, which cancels the
   drift. Use it with a long `inverse_update_every`.
 
-Damping (`BlockOptions.lowrank_damping`): 'pi' (default, as the seed applies it: per factor)
+Damping (`BlockOptions.lowrank_damping`): 'pi' (default; per factor, the form of RS-KFAC's apply)
 `(A + d_A I)^-1 G (B + d_B I)^-1` with the split of `kfac.blocks.kron.pi_damping` from the exact
 traces of the averages (kept as scalars, so truncation does not shift pi); or 'exact'
 `(A kron B + damping I)^-1` in the joint eigenbasis. Both cost `O(dim_a dim_b r)`. Pi is the
