@@ -73,8 +73,9 @@ def run_command(args: argparse.Namespace, experiment_dir: str, resume: bool) -> 
 
 
 def start(command: List[str], log_path: str) -> subprocess.Popen:
-  log = open(log_path, 'a')
-  return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  """Starts `command` in its own process group (killed whole), its output appended to a log."""
+  with open(log_path, 'a') as log:
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def trial_files(experiment_dir: str) -> Tuple[str, str]:
