@@ -138,6 +138,18 @@ def brand_update(eigen: LowRankEigen, rows: jax.Array, weight: jax.Array,
   return LowRankEigen((q @ vectors).astype(dtype), new_values.astype(dtype))
 
 
+def sketch_rows(rows: jax.Array, num_rows: int, key: jax.Array) -> jax.Array:
+  """`S X [num_rows, d]` for `X [n, d]`, `S [num_rows, n]` with i.i.d. `N(0, 1 / num_rows)`
+  entries: an unbiased compression of the batch's factor, `E[(S X)^T (S X)] = X^T X`.
+
+  Keeps Brand's update linear in `d` when a batch has many rows (`n >= d`), at the price of
+  sketch noise of relative size about `1 / sqrt(num_rows)` per batch (averaged by the EMA
+  over batches). Cost `O(num_rows n d)`.
+  """
+  sketch = jax.random.normal(key, (num_rows, rows.shape[0]), rows.dtype)
+  return (sketch / jnp.sqrt(jnp.asarray(num_rows, rows.dtype))) @ rows
+
+
 def _inverse_correction(values: jax.Array, damping: jax.Array) -> jax.Array:
   """`1 / (D + lam) - 1 / lam = -D / (lam (D + lam))`, elementwise (no cancellation)."""
   return -values / (damping * (values + damping))

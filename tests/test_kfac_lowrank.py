@@ -352,3 +352,29 @@ def test_gathered_rows_give_the_weighted_mean_factor():
   expected = sum(n * x.T @ x for n, x in zip(num_valid, rows64)) / num_valid.sum()
   np.testing.assert_allclose(gathered[0].T @ gathered[0], expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(gathered[3], gathered[0])
+
+
+def test_sketched_rows_are_unbiased():
+  rng = np.random.default_rng(13)
+  rows = jnp.asarray(row_batches(rng, dim=8, rows=50, count=1)[0])
+  grams = jax.vmap(lambda key: (lambda x: x.T @ x)(lowrank.sketch_rows(rows, 10, key)))(
+      jax.random.split(jax.random.PRNGKey(0), 4000))
+  exact = np.asarray(rows, np.float64).T @ np.asarray(rows, np.float64)
+  assert grams.shape == (4000, 8, 8)
+  assert relative_error(np.mean(np.asarray(grams, np.float64), axis=0), exact) < 0.02
+  assert relative_error(grams[0], exact) > 0.05  # one sketch is noisy
+
+
+def test_brand_block_sketches_many_rows_and_keeps_exact_traces():
+  rng = np.random.default_rng(14)
+  batches_a, batches_b = row_batches(rng, 24, 60, 40), row_batches(rng, 5, 60, 40)
+  weights = ema_weights(40, decay=0.9)
+  options = BlockOptions(rank=6, brand_max_rows=12)
+  state = run_block(make_block('brand', 24, 5, options), batches_a, batches_b, weights)
+  average = dense_average(batches_a, weights)
+  np.testing.assert_allclose(state.mean_a, np.trace(average) / 24, rtol=1e-5)
+  values, vectors = np.linalg.eigh(average)
+  best = (vectors[:, -6:] * values[-6:]) @ vectors[:, -6:].T
+  assert relative_error(reconstruct(state.eigen_a), best) < 0.25  # 0.008 unsketched; noise
+  assert brand_rows_note(dim=1537, rank=64, rows=1024) is not None
+  assert brand_rows_note(dim=1537, rank=64, rows=1024, max_rows=64) is None

@@ -83,6 +83,8 @@ class BlockOptions(NamedTuple):
       store each factor (a side above `max_factor_dim` falls back to 'diagonal' or 'identity').
     lowrank_damping: 'pi' or 'exact': the damping of the low-rank blocks ('rsvd', 'brand',
       'brand_rsvd'; see `kfac.blocks.lowrank`).
+    brand_max_rows: 0, or the most rows a Brand update takes: a batch with more is compressed
+      to this many by a Gaussian sketch (unbiased; `kfac.lowrank.sketch_rows`).
   """
 
   dtype: Any = jnp.float32
@@ -92,6 +94,7 @@ class BlockOptions(NamedTuple):
   power_iterations: int = 2
   forms: Tuple[str, str] = ('full', 'full')
   lowrank_damping: str = 'pi'
+  brand_max_rows: int = 0
 
 
 class UnsupportedLayer(ValueError):

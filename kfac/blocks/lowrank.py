@@ -24,7 +24,9 @@ weight `1 / damping`, however large the other factor is there; pi gives it
 
 Brand's update pays off only while a batch adds few rows: its small eigenproblem has side
 `r + n` (expand on a convolution or sequence gives `n = N R` rows, reduce `n = N`); see
-`brand_rows_note`.
+`brand_rows_note`. With `BlockOptions.brand_max_rows = m > 0` a batch of more than `m` rows is
+compressed to `m` rows by an unbiased Gaussian sketch first (`kfac.lowrank.sketch_rows`; the
+traces and the full averages of 'brand_rsvd' use the exact rows).
 
 Statistics: 'rsvd' keeps Gram matrices (additive over examples: under data parallelism they are
 averaged like the 'eigh' block's); 'brand' and 'brand_rsvd' keep the rows `X` themselves, which
@@ -52,7 +54,7 @@ class LowRankState(NamedTuple):
     factor_a, factor_b: the `[d, d]` averages ('rsvd', 'brand_rsvd'); None for 'brand'.
     eigen_a, eigen_b: `LowRankEigen` (basis `[d, r]`, values `[r]`) of each average.
     mean_a, mean_b: `[]`, `tr F / d` of each average (exact, for pi).
-    key: PRNG key of the randomised decompositions, split on each inverse step.
+    key: PRNG key of the randomised decompositions and row sketches, split on each use.
     decomposed: bool `[]`, whether `eigen_a`, `eigen_b` hold a decomposition yet (until then
       `apply` is the identity).
   """
@@ -67,23 +69,23 @@ class LowRankState(NamedTuple):
   decomposed: jax.Array
 
 
-def brand_rows_note(dim: int, rank: int, rows: int) -> Optional[str]:
-  """Why Brand's update does not pay off on a factor of side `dim` fed `rows` rows per batch, or
-  None where it does.
+def brand_rows_note(dim: int, rank: int, rows: int, max_rows: int = 0) -> Optional[str]:
+  """Why Brand's update does not pay off on a factor of side `dim` fed `rows` rows per batch
+  (sketched down to `max_rows` when `0 < max_rows < rows`), or None where it does.
 
   Brand's update costs `O(dim (r + n)^2 + (r + n)^3)` against `eigh`'s `O(dim^3)`; it saves
   little once its small eigenproblem (side `r + n`) is more than half the factor's side, and at
   `r + n >= dim` `kfac.lowrank.brand_update` decomposes the `[dim, dim]` average itself.
   """
-  rank = min(rank, dim)
+  rank, rows = min(rank, dim), (min(rows, max_rows) if max_rows > 0 else rows)
   small = rank + rows
   if 2 * small <= dim:
     return None
   if small >= dim:
     return (f'{rows} rows per batch + rank {rank} >= {dim}: each Brand update is a dense eigh of '
-            f'the {dim}x{dim} average (correct, as slow as eigh)')
+            f'the {dim}x{dim} average (correct, as slow as eigh; see brand_max_rows)')
   return (f'{rows} rows per batch + rank {rank} = {small} > {dim}/2: the Brand update is '
-          f'hardly cheaper than an eigh of the {dim}x{dim} factor')
+          f'hardly cheaper than an eigh of the {dim}x{dim} factor (see brand_max_rows)')
 
 
 def gather_rows_over_devices(rows: jax.Array, num_valid: jax.Array, axis_name: str) -> jax.Array:
@@ -121,6 +123,11 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
       return rows.a_rows.astype(dtype), rows.g_rows.astype(dtype)
     return gram(rows.a_rows, 'full', dtype), gram(rows.g_rows, 'full', dtype)
 
+  def compressed(rows: jax.Array, key: jax.Array) -> jax.Array:
+    if 0 < options.brand_max_rows < rows.shape[0]:  # Static shapes.
+      return lowrank.sketch_rows(rows, options.brand_max_rows, key)
+    return rows
+
   def update(state: LowRankState, stats: Tuple[jax.Array, jax.Array],
              weight: jax.Array) -> LowRankState:
     weight = weight.astype(dtype)
@@ -137,9 +144,11 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
       new.update(factor_a=average(state.factor_a, grams[0]),
                  factor_b=average(state.factor_b, grams[1]))
     if brand:
-      new.update(eigen_a=lowrank.brand_update(state.eigen_a, stats[0], weight, options.eigh_dtype),
-                 eigen_b=lowrank.brand_update(state.eigen_b, stats[1], weight, options.eigh_dtype),
-                 decomposed=jnp.asarray(True))
+      key, key_a, key_b = jax.random.split(state.key, 3)
+      rows_a, rows_b = (compressed(rows, side_key) for rows, side_key in zip(stats, (key_a, key_b)))
+      new.update(eigen_a=lowrank.brand_update(state.eigen_a, rows_a, weight, options.eigh_dtype),
+                 eigen_b=lowrank.brand_update(state.eigen_b, rows_b, weight, options.eigh_dtype),
+                 decomposed=jnp.asarray(True), key=key)
     return state._replace(**new)
 
   def invert(state: LowRankState, damping: jax.Array) -> LowRankState:
