@@ -66,7 +66,8 @@ def _check_writable(path: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise BenchmarkError(f'experiment directory {path!r} cannot be written: {e.strerror or e}') from e
+    raise BenchmarkError(
+        f'experiment directory {path!r} cannot be written: {e.strerror or e}') from e
 
 
 def meta_data(workload: Workload, rng_seed: int) -> Dict[str, Any]:

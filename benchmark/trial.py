@@ -67,9 +67,14 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def _train_step(context: evaluation.TrialContext, state: TrialState, model: Model,
-                input_queue: Any, select_rng: jax.Array, update_rng: jax.Array,
-                seen_phases: set) -> Tuple[TrialState, Model]:
-  """`data_selection` and `update_params` on the clock; the step's phase bucket booked."""
+                input_queue: Any, select_rng: jax.Array, update_rng: jax.Array
+                ) -> Tuple[TrialState, Model]:
+  """`data_selection` and `update_params` on the clock, the step's phase bucket booked.
+
+  The clock runs from the end of the previous step (or evaluation), as upstream's: the step's
+  rng split is booked with `data_selection`. The parameters' finiteness check waits for the
+  step's device work, so every step's time is booked to that step.
+  """
   submission, workload, hparams, clock = (context.submission, context.workload, context.hparams,
                                           context.clock)
   step = state.global_step
@@ -88,8 +93,7 @@ def _train_step(context: evaluation.TrialContext, state: TrialState, model: Mode
     complete = True
   params_finite = bool(_all_finite(model.params))
   phase = submission.step_phase(step, hparams)
-  bucket = f'steps/{phase}' if phase in seen_phases else f'compile_and_first_step/{phase}'
-  seen_phases.add(phase)
+  bucket = f'steps/{phase}' if phase in state.phase_steps else f'compile_and_first_step/{phase}'
   submission_time += clock.book(bucket)
   phase_steps = dict(state.phase_steps, **{phase: state.phase_steps.get(phase, 0) + 1})
   max_steps = context.settings.max_global_steps
@@ -143,13 +147,10 @@ def run_trial(workload: Workload, submission: Submission,
     model = Model(submission.init_optimizer_state(workload, params, model_state, context.hparams,
                                                   opt_init_rng), params, model_state)
     clock.book('optimizer_init')  # Outside the clock, as upstream.
-    seen_phases: set = set()
     while not state.should_stop(settings.stop_on_target):
       select_rng, update_rng, prepare_rng, eval_rng = jax.random.split(
           jax.random.fold_in(rng, state.global_step), 4)
-      clock.book('logging')
-      state, model = _train_step(context, state, model, input_queue, select_rng, update_rng,
-                                 seen_phases)
+      state, model = _train_step(context, state, model, input_queue, select_rng, update_rng)
       if state.status == results.STATUS_DIVERGED:
         break
       if state.training_complete or state.max_steps_reached or evaluation.is_due(

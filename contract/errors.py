@@ -1,4 +1,4 @@
-"""The contract's exceptions: the user-facing error, and the one a submission raises to end a run."""
+"""The contract's exceptions: the user-facing error, and the one a submission raises when done."""
 
 
 class BenchmarkError(Exception):

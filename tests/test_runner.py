@@ -221,7 +221,8 @@ def test_submission_loader_errors(tmp_path):
   partial = tmp_path / 'partial.py'
   partial.write_text('def get_batch_size(name):\n  return 1\n')
   with pytest.raises(errors.BenchmarkError,
-                     match='missing required function.*init_optimizer_state, update_params, data_selection'):
+                     match='missing required function.*init_optimizer_state, update_params, '
+                           'data_selection'):
     submission_loader.load_submission(str(partial))
   broken = tmp_path / 'broken.py'
   broken.write_text('import not_a_module_anywhere\n')
@@ -229,5 +230,5 @@ def test_submission_loader_errors(tmp_path):
     submission_loader.load_submission(str(broken))
   with pytest.raises(errors.BenchmarkError, match='not found'):
     submission_loader.load_submission('submissions.no_such_submission')
-  assert submission_loader.submission_name('submissions/ogbg_molpcba/kfac_reduce.py') == 'kfac_reduce'
+  assert submission_loader.submission_name('submissions/ogbg/kfac_reduce.py') == 'kfac_reduce'
   assert submission_loader.submission_name('submissions.ogbg_molpcba.nesterov') == 'nesterov'
