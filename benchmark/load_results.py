@@ -30,7 +30,7 @@ def _study_and_experiment(trial_dir: str) -> tuple:
   for i in range(len(parts) - 1, 0, -1):
     study = results.index_of(parts[i], 'study')
     if study is not None:
-      return study, parts[i - 1] if i > 0 else None
+      return study, parts[i - 1]
   return 0, None
 
 

@@ -130,9 +130,11 @@ def upstream_scores(times: Dict[str, Dict[str, float]]) -> Dict[str, float]:
   trapezoid integral of rho divided by 4 - 1 (`score_submissions.compute_leaderboard_score`).
   """
   submissions = sorted({s for per in times.values() for s in per})
+  if not submissions:
+    return {}
   table = np.array([[times.get(w, {}).get(s, INF) for w in UPSTREAM_BASE_WORKLOADS]
-                    for s in submissions], dtype=float).reshape(len(submissions), -1)
-  best = table.min(axis=0) if submissions else np.zeros(0)
+                    for s in submissions], dtype=float)  # [submissions, base workloads]
+  best = table.min(axis=0)
   table = np.where(table > UPSTREAM_MAX_TAU * best, INF, table)
   with np.errstate(invalid='ignore', divide='ignore'):
     ratios = table / best
