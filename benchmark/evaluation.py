@@ -109,13 +109,14 @@ def evaluate(context: TrialContext, state: TrialState, model: Model, prepare_rng
                          last_eval_end=clock.last)
   first_before = state.steps_to_target
   state = _record_targets(context, state, metrics)
-  state = state._replace(eval_results=state.eval_results + ((state.global_step, metrics),))
-  context.writer.write(dict(
-      metrics, global_step=state.global_step,
-      preemption_count=context.settings.preemption_count,
-      accumulated_submission_time=state.submission_time, score=state.submission_time,
-      accumulated_eval_time=state.eval_time, accumulated_logging_time=state.logging_time,
-      total_duration=clock.total()))
+  # Upstream's eval_results entries are its CSV rows: the metrics plus the bookkeeping.
+  row = dict(metrics, global_step=state.global_step,
+             preemption_count=context.settings.preemption_count,
+             accumulated_submission_time=state.submission_time, score=state.submission_time,
+             accumulated_eval_time=state.eval_time, accumulated_logging_time=state.logging_time,
+             total_duration=clock.total())
+  state = state._replace(eval_results=state.eval_results + ((state.global_step, row),))
+  context.writer.write(row)
   context.log(_progress_line(context, state, metrics,
                              first_before is None and state.steps_to_target is not None))
   return state._replace(logging_time=state.logging_time + clock.book('logging')), model

@@ -131,7 +131,8 @@ def test_update_params_gets_eval_results_and_train_state(tmp_path, submission):
   assert by_step[5][0] == []
   evals, state = by_step[15]
   assert [step for step, _ in evals] == [10]
-  assert evals[0][1]['validation/score'] == 0.1
+  assert evals[0][1]['validation/score'] == 0.1 and evals[0][1]['global_step'] == 10
+  assert evals[0][1]['score'] == evals[0][1]['accumulated_submission_time'] > 0  # as upstream's
   assert [step for step, _ in by_step[24][0]] == [10, 20]
   assert state['accumulated_submission_time'] > 0 and not state['validation_goal_reached']
 
