@@ -46,6 +46,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_kfac_step.py
 	$(BIN)/python scripts/bench_expand_vs_reduce.py
+	$(BIN)/python scripts/bench_inverses.py
 
 # One training step of the full configs (ViT-S/16, WRN-16-4, ogbg GNN); full batch sizes on a GPU.
 bench-full: $(STAMP)
