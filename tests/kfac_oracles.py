@@ -268,3 +268,51 @@ def empirical_b_factors(loss_gradients: np.ndarray, jacobian: np.ndarray, output
   summed = gradients.sum(axis=1)
   return {'expand': np.einsum('nrp,nrq->pq', gradients, gradients) / num_valid,
           'reduce': np.einsum('np,nq->pq', summed, summed) / num_valid}
+
+
+def conv_patches(inputs: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
+                 padding: Any, input_dilation: Sequence[int], kernel_dilation: Sequence[int]
+                 ) -> np.ndarray:
+  """The im2col patches of a Flax `nn.Conv` by explicit loops (no `lax` patch extraction).
+
+  Flax's semantics: `'CIRCULAR'` wraps the (undilated) input by `((k_e - 1) // 2, k_e // 2)`
+  with `k_e = (k - 1) kernel_dilation + 1`, then convolves `'VALID'`; otherwise the input is
+  dilated (`input_dilation - 1` zeros between entries), zero-padded (`'SAME'`: lax's rule on the
+  undilated size, total `max((ceil(n / s) - 1) s + k_e - n, 0)`, the smaller half first;
+  explicit `(lo, hi)` pairs as given), and every output location `o` reads
+  `z[o s + k kernel_dilation]`.
+
+  Args:
+    inputs: `[N, *spatial, C]`.
+    padding: `'SAME'`, `'VALID'`, `'CIRCULAR'` or `((lo, hi), ...)`.
+
+  Returns:
+    `[N, R, prod(kernel_size) * C]`: R output locations in row-major order, features in the
+    kernel's HWIO order `(k_1, ..., k_d, c)`.
+  """
+  inputs = np.asarray(inputs, np.float64)
+  rank = len(kernel_size)
+  effective = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation)]
+  if padding == 'CIRCULAR':
+    inputs = np.pad(inputs, [(0, 0)] + [((k - 1) // 2, k // 2) for k in effective] + [(0, 0)],
+                    mode='wrap')
+    padding = 'VALID'
+  spatial = inputs.shape[1:-1]
+  if padding == 'VALID':
+    pads = [(0, 0)] * rank
+  elif padding == 'SAME':
+    totals = [max((-(-n // s) - 1) * s + k - n, 0) for n, s, k in zip(spatial, strides, effective)]
+    pads = [(total // 2, total - total // 2) for total in totals]
+  else:
+    pads = [tuple(pair) for pair in padding]
+  dilated_shape = [(n - 1) * d + 1 for n, d in zip(spatial, input_dilation)]
+  dilated = np.zeros((inputs.shape[0], *dilated_shape, inputs.shape[-1]))
+  dilated[(slice(None),) + tuple(slice(None, None, d) for d in input_dilation)] = inputs
+  padded = np.pad(dilated, [(0, 0)] + pads + [(0, 0)])
+  out_shape = [(n - k) // s + 1 for n, k, s in zip(padded.shape[1:-1], effective, strides)]
+  patches = []
+  for location in np.ndindex(*out_shape):
+    patch = [padded[(slice(None),) + tuple(o * s + k * d for o, s, k, d in zip(
+        location, strides, offset, kernel_dilation))] for offset in np.ndindex(*kernel_size)]
+    patches.append(np.stack(patch, axis=1).reshape(inputs.shape[0], -1))  # [N, prod(k) * C]
+  return np.stack(patches, axis=1)
