@@ -27,8 +27,9 @@ the first update sets the factor, the next ones average uniformly until `1 / (c 
 Non-finite safety (per layer): a new block state with a NaN/inf (from the statistics or from the
 inverse) is not stored; the last good one stays (initially an identity-like preconditioner).
 Each rejection adds one to the layer's `rejected` counter and to its `consecutive_rejected`
-counter, which an accepted update resets to 0. An inverse is only accepted once the layer has
-accepted statistics.
+counter, which an accepted statistics update resets to 0 (an inverse refreshed from the same old
+statistics does not: the layer's curvature is still stale). An inverse is only accepted once the
+layer has accepted statistics.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class CurvatureState(NamedTuple):
     blocks: `{layer_path: block state}`.
     counts: `{layer_path: accepted statistics updates}` (EMA weights).
     rejected: `{layer_path: non-finite statistics or inverse updates rejected}`.
-    consecutive_rejected: `{layer_path: rejections since the last accepted update}`.
+    consecutive_rejected: `{layer_path: rejections since the last accepted statistics update}`.
   """
 
   step: jax.Array
@@ -85,6 +86,14 @@ class CurvatureState(NamedTuple):
   def num_rejected(self) -> jax.Array:
     """Rejected updates over all layers, int32 `[]`."""
     return sum(self.rejected.values(), jnp.zeros([], jnp.int32))
+
+
+def rejections(tree: Any) -> Dict[str, Tuple[jax.Array, jax.Array]]:
+  """`{'/'-joined layer path: (rejected, consecutive_rejected)}` of every `CurvatureState` in
+  `tree` (e.g. the state of an optax chain holding `kfac.precondition`), for logs and reports."""
+  found = jax.tree_util.tree_leaves(tree, is_leaf=lambda node: isinstance(node, CurvatureState))
+  return {'/'.join(path): (state.rejected[path], state.consecutive_rejected[path])
+          for state in found if isinstance(state, CurvatureState) for path in state.rejected}
 
 
 def validate_config(config: CurvatureConfig) -> None:
@@ -122,16 +131,19 @@ def ema_weight(count: jax.Array, ema_decay: float) -> jax.Array:
 
 
 def _accept_or_keep(state: CurvatureState, new_blocks: Mapping[LayerPath, Any],
-                    accept: Mapping[LayerPath, jax.Array], reject: Mapping[LayerPath, jax.Array]
-                    ) -> CurvatureState:
-  """Store each layer's new block state where `accept`, count it where `reject`."""
+                    accept: Mapping[LayerPath, jax.Array], reject: Mapping[LayerPath, jax.Array],
+                    reset_consecutive: bool) -> CurvatureState:
+  """Store each layer's new block state where `accept`, count it where `reject`; an accepted
+  update resets the consecutive count when `reset_consecutive`."""
   blocks, rejected, consecutive = {}, {}, {}
   for path, old in state.blocks.items():
     blocks[path] = jax.tree_util.tree_map(lambda n, o, ok=accept[path]: jnp.where(ok, n, o),
                                           new_blocks[path], old)
     bad = reject[path].astype(jnp.int32)
     rejected[path] = state.rejected[path] + bad
-    consecutive[path] = jnp.where(accept[path], 0, state.consecutive_rejected[path] + bad)
+    consecutive[path] = state.consecutive_rejected[path] + bad
+    if reset_consecutive:
+      consecutive[path] = jnp.where(accept[path], 0, consecutive[path])
   return state._replace(blocks=blocks, rejected=rejected, consecutive_rejected=consecutive)
 
 
@@ -144,7 +156,8 @@ def update_statistics(state: CurvatureState, statistics: Mapping[LayerPath, Laye
     new_blocks[path] = block.update(state.blocks[path], block.statistics(statistics[path]), weight)
     finite[path] = all_finite(new_blocks[path])
   state = _accept_or_keep(state, new_blocks, finite,
-                          {path: jnp.logical_not(ok) for path, ok in finite.items()})
+                          {path: jnp.logical_not(ok) for path, ok in finite.items()},
+                          reset_consecutive=True)
   counts = {path: count + finite[path].astype(jnp.int32) for path, count in state.counts.items()}
   return state._replace(counts=counts)
 
@@ -158,7 +171,7 @@ def update_inverses(state: CurvatureState, config: CurvatureConfig) -> Curvature
     finite = all_finite(new_blocks[path])
     accept[path] = finite & (state.counts[path] > 0)
     reject[path] = jnp.logical_not(finite)
-  return _accept_or_keep(state, new_blocks, accept, reject)
+  return _accept_or_keep(state, new_blocks, accept, reject, reset_consecutive=False)
 
 
 def is_due(step: Any, every: int, warm_start_steps: int = 0) -> Any:

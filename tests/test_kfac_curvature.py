@@ -4,6 +4,7 @@ of non-finite updates (per layer, total and consecutive), for every Kronecker bl
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from kfac import blocks, curvature
@@ -179,3 +180,13 @@ def test_bad_config_is_rejected(bad):
 def test_is_due():
   assert [curvature.is_due(t, 3, 2) for t in range(7)] == [True, True, False, True, False, False,
                                                            True]
+
+
+def test_rejections_are_found_inside_an_optax_chain_state():
+  cfg = config('eigh')
+  state = curvature.update_curvature(curvature.init_curvature_state(cfg),
+                                     lambda: poisoned(statistics_sequence(1)[0], LAYER_2), cfg)
+  chain_state = (optax.EmptyState(), (state, optax.ScaleByScheduleState(jnp.zeros([]))))
+  found = curvature.rejections(chain_state)
+  assert {name: (int(total), int(run)) for name, (total, run) in found.items()} == {
+      'Dense_0': (0, 0), 'Block_0/Conv_0': (1, 1)}
