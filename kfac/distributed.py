@@ -29,6 +29,13 @@ the axis (the owner's bits plus zeros: exact, NaNs and all) and bitcast back. Ev
 with every layer's new state. Communication per inverse step: one all-reduce of the inverse
 states' bytes. Wall-clock of the decompositions: `max_d sum_{l owned by d} cost_l` instead of
 `sum_l cost_l`.
+
+Use, in a train step jitted over a `Mesh` with the batch sharded along axis `'batch'`:
+
+    statistics, counts = sharded_mean_statistics(              # per-shard block statistics
+        shard_statistics_fn, mesh, 'batch', in_specs=(P(), P('batch')))(params, batch)
+    new_states = distributed_invert({path: block.invert for path, block in blocks.items()},
+                                    states, mesh, 'batch', damping)
 """
 
 from __future__ import annotations
