@@ -138,6 +138,7 @@ def run_trial(workload: Workload, submission: Submission,
     return result
 
   try:
+    # As upstream: one split first mixes the seed's two 32-bit words (PRNGKey(seed)[0] is 0).
     rng, _ = jax.random.split(jax.random.PRNGKey(settings.rng_seed))
     data_rng, opt_init_rng, model_init_rng, rng = jax.random.split(rng, 4)
     input_queue = workload.build_input_queue(data_rng, 'train', workload.data_dir,
