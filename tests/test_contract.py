@@ -2,6 +2,9 @@
 `algoperf/spec.py`, `algoperf/jax_sharding_utils.py`): names, enum values, members, and the
 behaviour of the defaults, ShapeTuple, shardings and targets."""
 
+import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -114,3 +117,19 @@ def test_eval_model_reports_upstreams_keys():
   assert Workload.build_embedded_data() is None  # the default: no embedded data
   probabilities = workload.output_activation_fn(jnp.array([[0.5]]), 'jax')
   np.testing.assert_allclose(probabilities, [[0.5]])  # MSE: identity
+
+
+def test_shardings_split_the_batch_over_four_devices():
+  code = ('import numpy as np\n'
+          'from contract import sharding\n'
+          'x = sharding.shard_along_batch_dim({"x": np.arange(24.0).reshape(8, 3)})["x"]\n'
+          'assert len(x.addressable_shards) == 4\n'
+          'assert sorted(s.index[0].start for s in x.addressable_shards) == [0, 2, 4, 6]\n'
+          'r = sharding.replicate(np.ones(5))\n'
+          'assert [s.data.shape for s in r.addressable_shards] == [(5,)] * 4\n')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        timeout=120)
+  assert done.returncode == 0, done.stderr
