@@ -9,7 +9,6 @@ above `study_<k>` (upstream keeps one experiment folder per submission), the wor
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict, List, Optional
@@ -38,6 +37,33 @@ def _read_optional_json(path: str) -> Optional[Any]:
   return results.read_json(path) if os.path.isfile(path) else None
 
 
+def _json_object(path: str) -> Dict[str, Any]:
+  """The JSON object in `path` ({} when the file is absent); BenchmarkError for another type."""
+  value = _read_optional_json(path)
+  if value is None:
+    return {}
+  if not isinstance(value, dict):
+    raise BenchmarkError(f'{path} must hold a JSON object, not {type(value).__name__}')
+  return value
+
+
+def _checked(value: Any, kinds: tuple, what: str, path: str) -> Any:
+  """`value` when it is None or of `kinds` (a bool is not a number); else BenchmarkError."""
+  if value is not None and (not isinstance(value, kinds) or
+                            (isinstance(value, bool) and bool not in kinds)):
+    raise BenchmarkError(f'{path}: {what} must be {" or ".join(k.__name__ for k in kinds)}, '
+                         f'not {value!r}')
+  return value
+
+
+def _step(row: Dict[str, Any], path: str) -> int:
+  """The row's `global_step` (0 when absent) as an int; BenchmarkError when not a count."""
+  step = row.get('global_step', 0.0)
+  if not isinstance(step, float) or not math.isfinite(step) or step < 0:
+    raise BenchmarkError(f'{path}: global_step must be a non-negative number, not {step!r}')
+  return int(step)
+
+
 def higher_is_better(metric_name: str) -> bool:
   """Upstream scoring's guess from the metric's name."""
   return metric_name not in LOWER_IS_BETTER_METRICS
@@ -53,14 +79,18 @@ def summary_from_measurements(trial_dir: str) -> Summary:
   Steps and seconds to target are those of the first evaluation strictly beyond the validation
   target (upstream's runner credits no evaluation past the budget, so every row counts).
   """
-  rows = results.read_measurements(os.path.join(trial_dir, results.MEASUREMENTS_FILE))
-  meta = _read_optional_json(os.path.join(trial_dir, results.meta_data_file(0))) or {}
+  csv_path = os.path.join(trial_dir, results.MEASUREMENTS_FILE)
+  rows = results.read_measurements(csv_path)
+  meta_path = os.path.join(trial_dir, results.meta_data_file(0))
+  meta = _json_object(meta_path)
   variant = results.workload_of_dir(os.path.basename(os.path.dirname(trial_dir)))
   _, experiment = _study_and_experiment(trial_dir)
-  metric = meta.get('workload.target_metric_name')
-  target = meta.get('workload.validation_target_value')
-  higher = meta.get('workload.target_metric_higher_is_better',
-                    higher_is_better(metric) if metric else True)
+  metric = _checked(meta.get('workload.target_metric_name'), (str,), 'the target metric', meta_path)
+  target = _checked(meta.get('workload.validation_target_value'), (int, float), 'the target',
+                    meta_path)
+  higher = _checked(meta.get('workload.target_metric_higher_is_better',
+                             higher_is_better(metric) if metric else True), (bool,),
+                    'target_metric_higher_is_better', meta_path)
   column = f'validation/{metric}'
   values = [r[column] for r in rows if isinstance(r.get(column), float)]
   first = next((r for r in rows if target is not None and isinstance(r.get(column), float)
@@ -75,13 +105,13 @@ def summary_from_measurements(trial_dir: str) -> Summary:
       'rng_seed': meta.get('rng_seed'),
       'status': results.STATUS_TARGET_REACHED if first else results.STATUS_BUDGET_EXHAUSTED,
       'reason': f'derived from {results.MEASUREMENTS_FILE}',
-      'global_steps': int(last.get('global_step', 0)),
+      'global_steps': _step(last, csv_path),
       'num_evals': len(rows),
       'target_metric_name': metric,
       'validation_target_value': target,
       'target_metric_higher_is_better': higher,
-      'steps_to_target': int(first['global_step']) if first else None,
-      'seconds_to_target': first['accumulated_submission_time'] if first else None,
+      'steps_to_target': _step(first, csv_path) if first else None,
+      'seconds_to_target': first.get('accumulated_submission_time') if first else None,
       'final_validation_metric': values[-1] if values else None,
       'best_validation_metric': (max if higher else min)(finite) if finite else None,
       'final_metrics': last,
@@ -96,11 +126,7 @@ def summary_from_measurements(trial_dir: str) -> Summary:
 
 
 def _read_summary(trial_dir: str) -> Summary:
-  path = os.path.join(trial_dir, results.SUMMARY_FILE)
-  try:
-    return results.read_json(path)
-  except json.JSONDecodeError as e:
-    raise BenchmarkError(f'{path} is not valid JSON: {e}') from e
+  return _json_object(os.path.join(trial_dir, results.SUMMARY_FILE))
 
 
 def load_trial_summaries(experiment_dir: str) -> List[Summary]:
@@ -133,5 +159,5 @@ def load_environments(experiment_dir: str) -> List[Dict[str, Any]]:
   for root, dirs, files in os.walk(experiment_dir):
     dirs.sort()
     for name in sorted(f for f in files if f.startswith('meta_data_') and f.endswith('.json')):
-      runs.append(results.read_json(os.path.join(root, name)))
+      runs.append(_json_object(os.path.join(root, name)))
   return runs

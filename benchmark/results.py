@@ -18,6 +18,8 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Optional
 
+from contract.errors import BenchmarkError
+
 MEASUREMENTS_FILE = 'eval_measurements.csv'
 SUMMARY_FILE = 'trial_summary.json'
 HPARAMS_FILE = 'hparams.json'
@@ -78,8 +80,12 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  """The decoded JSON file; BenchmarkError when it is not UTF-8 JSON (or nests too deeply)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+    raise BenchmarkError(f'{path} is not valid JSON: {e}') from e
 
 
 def _json_default(x: Any) -> Any:
@@ -113,10 +119,15 @@ class MeasurementsWriter:
 
 
 def read_measurements(path: str) -> List[Dict[str, float]]:
-  """The rows of an `eval_measurements.csv`, numbers as floats (empty cells left out)."""
-  with open(path, newline='') as f:
-    rows = list(csv.DictReader(f))
-  return [{k: _number(v) for k, v in row.items() if v not in (None, '')} for row in rows]
+  """The rows of an `eval_measurements.csv`, numbers as floats (empty cells and cells beyond
+  the header left out); BenchmarkError when the file is not UTF-8 CSV."""
+  try:
+    with open(path, newline='') as f:
+      rows = list(csv.DictReader(f))
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise BenchmarkError(f'{path} is not a readable CSV file: {e}') from e
+  return [{k: _number(v) for k, v in row.items() if k is not None and v not in (None, '')}
+          for row in rows]
 
 
 def _number(text: str) -> Any:
