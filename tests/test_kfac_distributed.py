@@ -22,6 +22,8 @@ SIZES = [5, 17, 33, 9, 64, 3, 40, 12, 2]  # Factor A sides; B is about half (mix
 # Per-device examples (rows of x) and valid ones among them: uneven, one device without any.
 SHARD_EXAMPLES = 6
 VALID_PER_DEVICE = [6, 2, 0, 5]
+# kfac.blocks inverse methods spread together (their invert functions as they are).
+BLOCK_METHODS = ['eigh', 'pi_eigh', 'cholesky', 'rsvd', 'diagonal', 'mac']
 
 DEVICE_SCRIPT = r'''
 import json, sys
@@ -29,7 +31,9 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from kfac import distributed
 
-sizes, shard_examples, valid_per_device = json.loads(sys.argv[1])
+from kfac import blocks
+
+sizes, shard_examples, valid_per_device, block_methods = json.loads(sys.argv[1])
 mesh = Mesh(jax.devices(), ('data',))
 rng = np.random.default_rng(0)
 
@@ -80,6 +84,25 @@ calls_spread = list(calls)
 one_device = jax.devices()[0]  # The single-device inverses: no shard_map, no mesh.
 reference = jax.jit(lambda s, d: {n: decompose(s[n], d, i) for i, n in enumerate(layers)})(
     jax.device_put(states, one_device), damping)
+
+# The project's own blocks, several kinds in one spread inverse step (states after one update).
+block_fns, block_states = {}, {}
+for index, method in enumerate(block_methods):
+  dim_a, dim_b = 6 + 5 * index, 4 + 3 * index
+  block = blocks.make_block(method, dim_a, dim_b, blocks.BlockOptions(rank=3))
+  rows = blocks.LayerStatistics(rng.standard_normal((10, dim_a)).astype(np.float32) / 3,
+                                rng.standard_normal((10, dim_b)).astype(np.float32) / 3,
+                                rng.standard_normal(dim_a).astype(np.float32))
+  block_states[method] = block.update(block.init(), block.statistics(rows), jnp.float32(1.0))
+  block_fns[method] = block.invert
+spread_blocks = jax.jit(lambda s, d: distributed.distributed_invert(block_fns, s, mesh, 'data', d))(
+    jax.device_put(block_states, NamedSharding(mesh, P())), damping)
+single_blocks = jax.jit(lambda s, d: {m: block_fns[m](s[m], d) for m in block_methods})(
+    jax.device_put(block_states, one_device), damping)
+blocks_error = {m: max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                       for a, b in zip(jax.tree_util.tree_leaves(spread_blocks[m]),
+                                       jax.tree_util.tree_leaves(single_blocks[m])))
+                for m in block_methods}
 
 def max_error(get):
   return max(float(np.max(np.abs(np.asarray(get(spread[n]), np.float64) -
@@ -138,6 +161,7 @@ print(json.dumps({
     'a_error': float(np.max(np.abs(stats['a'][0] - 2.0 * valid_bias.T @ valid_bias / len(valid)))),
     'mean_error': float(np.max(np.abs(stats['a'][1] - valid.mean(0)))),
     'replicated': bool(stats['a'][0].sharding.is_fully_replicated),
+    'blocks_error': blocks_error,
 }))
 '''
 
@@ -148,7 +172,7 @@ def device_run():
              JAX_PLATFORMS='cpu')
   done = subprocess.run(
       [sys.executable, '-c', DEVICE_SCRIPT,
-       json.dumps([SIZES, SHARD_EXAMPLES, VALID_PER_DEVICE])],
+       json.dumps([SIZES, SHARD_EXAMPLES, VALID_PER_DEVICE, BLOCK_METHODS])],
       capture_output=True, text=True, cwd=REPOSITORY, env=env, timeout=120)
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
@@ -161,6 +185,12 @@ def test_spread_inverses_equal_single_device(device_run):
   assert device_run['bf16_equal']
   assert device_run['counts'] == [index + 7 for index in range(len(SIZES))]
   assert all(device_run['finite'])
+
+
+def test_spread_blocks_equal_single_device(device_run):
+  assert sorted(device_run['blocks_error']) == sorted(BLOCK_METHODS)
+  for method, error in device_run['blocks_error'].items():
+    assert error < 1e-5, method
 
 
 def test_each_device_decomposes_only_its_layers(device_run):
