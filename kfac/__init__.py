@@ -1,4 +1,22 @@
-"""K-FAC (expand and reduce) for linear weight-sharing layers of Flax linen models."""
+"""K-FAC (expand and reduce) for linear weight-sharing layers of Flax linen models.
+
+Where things are (one job per module):
+
+* `transform`: the optax transformations `precondition` and `kfac_optimizer`;
+* `plan`: their options and the plan (which block serves which layer, fallbacks, strict mode);
+* `report`: the curvature report; `defaults`: the one source of the K-FAC defaults;
+* `curvature`: the state over per-layer blocks, T_cov / T_inv gating, rejected updates;
+* `blocks`: the curvature block interface and registry (`eigh`, `pi_eigh`, `cholesky`,
+  `diagonal`, `identity`, low-rank and MAC blocks);
+* `factors`: the statistics pass (`compute_statistics`, `compute_factors`);
+* `tracing`, `example_axis`, `graph_rows`: finding and classifying the layers of a model;
+* `capture`: layer inputs and output gradients in one probed forward pass;
+* `layers`, `conv`: the expand / reduce rows of each layer kind; `losses`: output cotangents;
+* `param_paths`: parameter paths and gradient matrices; `laplace`, `marglik`: the Laplace
+  approximation and marginal-likelihood hyperparameter selection;
+* `lowrank`, `mac`: the maths of the low-rank and MAC blocks; `distributed`: data-parallel
+  statistics and inverses spread over devices.
+"""
 
 from kfac import blocks, curvature, defaults
 from kfac.blocks import BLOCK_FACTORIES, BlockOptions, CurvatureBlock, LayerStatistics
