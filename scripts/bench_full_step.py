@@ -2,13 +2,13 @@
 
 For each workload's `full` config (ViT-S/16 on 224x224 ImageNet images, WRN-16-4 on CIFAR-10,
 the ogbg-molpcba GraphNetwork) this times the submissions' own jitted training step
-(`submissions.common.make_train_step`: loss gradient, optimiser update, parameter update) of
+(`submissions.common.step_functions`: loss gradient, optimiser update, parameter update) of
 
   * Nesterov: `submissions.nesterov.nesterov_optimizer` (weight decay, then SGD with Nesterov
     momentum), the AlgoPerf reference;
-  * K-FAC-reduce and K-FAC-expand: `submissions.kfac_submission.make_optimizer_fn`, the optimiser
+  * K-FAC-reduce and K-FAC-expand: `submissions.kfac_submission.kfac_optimizer`, the optimiser
     the K-FAC submissions train with (`kfac.kfac_optimizer`, MC Fisher with one sample, exact
-    damping `DAMPING`, statistics from the workload's training-mode `kfac_model_fn` with the
+    damping `DAMPING`, statistics from the workload's training-mode `model_fn` with the
     step's model state and dropout rng, `curvature_extra_args` for the label mask).
 
 **Phases.** A K-FAC step does one of three amounts of curvature work, chosen inside the jitted
@@ -45,7 +45,7 @@ states it plainly when the device is a CPU. Peak memory is XLA's `memory_analysi
 compiled step (`benchmark.environment.peak_mib`).
 
   .venv/bin/python scripts/bench_full_step.py   # all three workloads, to docs/bench_full_step.md
-  .venv/bin/python scripts/bench_full_step.py --workloads=ogbg_molpcba --repeats=3
+  .venv/bin/python scripts/bench_full_step.py --workloads=ogbg --repeats=3
 """
 
 from __future__ import annotations
@@ -138,8 +138,8 @@ class WorkloadSetup(NamedTuple):
 # cores (docs/bench_full_step.md).
 SETUPS = {
     'imagenet_vit': WorkloadSetup('vit_batch_size', 8, image_batch),
-    'cifar_wrn': WorkloadSetup('wrn_batch_size', 64, image_batch),
-    'ogbg_molpcba': WorkloadSetup('ogbg_batch_size', 64, molecule_batch),
+    'cifar': WorkloadSetup('wrn_batch_size', 64, image_batch),
+    'ogbg': WorkloadSetup('ogbg_batch_size', 64, molecule_batch),
 }
 
 FLAGS = flags.FLAGS
@@ -192,13 +192,15 @@ def amortised_seconds(plain_s: float, statistics_inverse_s: float,
   return (statistics_inverse_s + (every - 1) * plain_s) / every
 
 
-def optimizer_fn(workload: Workload, optimiser: str, sample_inputs: Any) -> common.OptimizerFn:
-  """`(model_state, rng) -> optimiser` as the submissions build it."""
+def step_functions(workload: Workload, optimiser: str, batch: Batch, model_state: Any
+                   ) -> common.StepFunctions:
+  """The optimiser's init and jitted train step, as the submissions build them."""
   if optimiser in KFAC_FLAVOURS:
-    return kfac_submission.make_optimizer_fn(workload, HYPERPARAMETERS, KFAC_FLAVOURS[optimiser],
-                                             sample_inputs)
-  reference = nesterov.nesterov_optimizer(workload.step_hint, HYPERPARAMETERS)
-  return lambda model_state, rng: reference
+    optimizer = kfac_submission.kfac_optimizer(workload, HYPERPARAMETERS, KFAC_FLAVOURS[optimiser],
+                                               kfac_submission.input_shapes(batch), model_state)
+    return common.step_functions(workload, optimizer, kfac_submission.curvature_extra_args)
+  return common.step_functions(workload,
+                               nesterov.nesterov_optimizer(workload.step_hint, HYPERPARAMETERS))
 
 
 def step_phase(optimiser: str, step: int) -> str:
@@ -216,13 +218,13 @@ class TimedRun:
     self.optimiser = optimiser
     self.batch = batch
     self.rng = jax.random.PRNGKey(1)
-    extra_args_fn = kfac_submission.curvature_extra_args if optimiser in KFAC_FLAVOURS else None
+    # The dropout rate (None: the workload's) and label smoothing the submissions pass.
+    self.regularisation = (None, np.float32(HYPERPARAMETERS.label_smoothing))
     started = time.perf_counter()
-    train_state = common.init_train_state(
-        workload, params, model_state, optimizer_fn(workload, optimiser, batch['inputs']),
-        HYPERPARAMETERS, self.rng, extra_args_fn=extra_args_fn)
-    self.carry = (params, model_state, train_state.opt_state)
-    self.compiled = train_state.train_step.lower(*self.carry, batch, self.rng).compile(
+    functions = step_functions(workload, optimiser, batch, model_state)
+    self.carry = (params, model_state, functions.init(params))
+    self.compiled = functions.train_step.lower(*self.carry, batch, self.rng,
+                                               *self.regularisation).compile(
         compiler_options=compiler_options)
     self.compile_seconds = time.perf_counter() - started
     self.step = 0
@@ -233,7 +235,8 @@ class TimedRun:
     for _ in range(CYCLE_STEPS):
       key = jax.random.fold_in(self.rng, self.step)
       started = time.perf_counter()
-      params, model_state, opt_state, loss = self.compiled(*self.carry, self.batch, key)
+      params, model_state, opt_state, loss = self.compiled(*self.carry, self.batch, key,
+                                                           *self.regularisation)
       jax.block_until_ready((params, model_state, opt_state, loss))
       seconds = time.perf_counter() - started
       if record:

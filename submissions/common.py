@@ -1,7 +1,18 @@
-"""What every submission shares: schedules, the jitted train step, the AlgoPerf entry points.
+"""What every submission here shares: batch sizes, the schedule, the jitted train step and the
+AlgoPerf entry points.
 
-Submissions differ only in their optimiser (STYLE.md): a submission module builds an
+Submissions differ only in their optimiser: a submission module builds an
 `optax.GradientTransformationExtraArgs` from its hyperparameters and delegates the rest here.
+They use only upstream AlgoPerf's Workload and submission API (`model_fn` with `mode`,
+`update_batch_norm`, `dropout_rate`; `loss_fn`, `loss_type`, `step_hint`, ...) and upstream's
+names (`algoperf.spec`), so each runs unchanged on upstream's runner
+(docs/submitting_to_algoperf.md).
+
+Hyperparameters mean what they mean in upstream's baselines
+(`algorithms/archived_paper_baselines/nesterov`, `nadamw`): `warmup_factor` is the warmup's
+fraction of `step_hint`, and the decay runs over `decay_steps_factor x (step_hint - warmup)` steps.
+A schedule planned over a shorter horizon (AlgoPerf's target setting: 0.75 x step_hint; the K-FAC
+paper: a further 0.75) is written with smaller factors (tuning_search_spaces/README.md).
 """
 
 from __future__ import annotations
@@ -12,49 +23,63 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import workloads
-from contract.types import ForwardPassMode
-from contract.workload import Workload
+try:  # On upstream's runner: its enums, which its workloads compare with.
+  from algoperf import spec
+except ImportError:  # Here, without the algoperf package: the same names from the contract.
+  from contract import spec
 
-# AlgoPerf's target-setting runs plan their schedule over 0.75 x step_hint (DESIGN section 3:
-# 0.75 x 80,000 = 60,000 "expected steps" on ogbg); the paper's K-FAC runs scale it by a further
-# 0.75 (45,000), and their warmup by the same factor.
-REFERENCE_HORIZON_FACTOR = 0.75
-KFAC_HORIZON_FACTOR = 0.75 * 0.75
-
-ExtraArgsFn = Callable[[Workload, Dict[str, Any], Any, jax.Array], Dict[str, Any]]
-
-
-def warmup_linear_decay_schedule(peak_learning_rate: float, warmup_steps: int, decay_steps: int,
-                                 end_factor: float) -> optax.Schedule:
-  """Linear warmup from 0 to the peak over `warmup_steps`, then linear decay to
-  `peak * end_factor` over `decay_steps` (AlgoPerf's target-setting Nesterov schedule)."""
-  warmup = optax.linear_schedule(0.0, peak_learning_rate, max(warmup_steps, 1))
-  decay = optax.polynomial_schedule(init_value=peak_learning_rate,
-                                    end_value=peak_learning_rate * end_factor, power=1,
-                                    transition_steps=max(decay_steps, 1))
-  return optax.join_schedules([warmup, decay], boundaries=[warmup_steps])
-
-
-def reference_schedule(step_hint: int, hyperparameters: Any,
-                       horizon_factor: float = REFERENCE_HORIZON_FACTOR) -> optax.Schedule:
-  """The schedule of `hyperparameters` (learning_rate, warmup_factor, decay_steps_factor,
-  end_factor) over a horizon of `horizon_factor * step_hint` steps.
-
-  `warmup_factor` is the warmup's fraction of the horizon: AlgoPerf's 3,000 warmup steps over the
-  60,000-step ogbg horizon are `warmup_factor = 0.05`; the decay runs over
-  `decay_steps_factor * (horizon - warmup)` steps.
-  """
-  horizon = int(horizon_factor * step_hint)
-  warmup_steps = int(hyperparameters.warmup_factor * horizon)
-  decay_steps = int(hyperparameters.decay_steps_factor * (horizon - warmup_steps))
-  return warmup_linear_decay_schedule(hyperparameters.learning_rate, warmup_steps, decay_steps,
-                                      hyperparameters.end_factor)
+# Global batch sizes: upstream's base workload names for the full configs (the values of
+# upstream's baselines) and this project's variants `<base>_<config>`. A variant not listed
+# (`ogbg_paper`) gets its base's size: the runner asks for the variant, then for the base.
+BATCH_SIZES: Dict[str, int] = {
+    'ogbg': 512, 'ogbg_small': 128, 'ogbg_tiny': 32,
+    'imagenet_vit': 1024, 'imagenet_vit_small': 64, 'imagenet_vit_tiny': 32,
+    'cifar': 512, 'cifar_small': 64, 'cifar_tiny': 16,
+}
 
 
 def get_batch_size(workload_name: str) -> int:
-  """The batch size of the workload variant's config (`ogbg_molpcba`, `ogbg_molpcba_small`)."""
-  return workloads.default_batch_size(workload_name)
+  """The global batch size of a workload name; ValueError for names not in `BATCH_SIZES`
+  (as upstream's submissions raise)."""
+  if workload_name not in BATCH_SIZES:
+    raise ValueError(f'Unsupported workload name: {workload_name}.')
+  return BATCH_SIZES[workload_name]
+
+
+def _hyperparameter(hyperparameters: Any, name: str, default: Any) -> Any:
+  return getattr(hyperparameters, name, default)
+
+
+def warmup_steps(step_hint: int, hyperparameters: Any) -> int:
+  """`int(warmup_factor x step_hint)`, upstream's warmup length."""
+  return int(hyperparameters.warmup_factor * step_hint)
+
+
+def decay_steps(step_hint: int, hyperparameters: Any) -> int:
+  """`int(decay_steps_factor x (step_hint - warmup))` (`decay_steps_factor` 1 when absent)."""
+  factor = _hyperparameter(hyperparameters, 'decay_steps_factor', 1.0)
+  return int(factor * (step_hint - warmup_steps(step_hint, hyperparameters)))
+
+
+def warmup_linear_decay_schedule(step_hint: int, hyperparameters: Any) -> optax.Schedule:
+  """Upstream's Nesterov schedule: linear warmup from 0 to `learning_rate` over `warmup_steps`,
+  then linear decay to `learning_rate x end_factor` over `decay_steps`, constant after."""
+  peak, warmup = hyperparameters.learning_rate, warmup_steps(step_hint, hyperparameters)
+  decay = optax.polynomial_schedule(
+      init_value=peak, end_value=peak * hyperparameters.end_factor, power=1,
+      transition_steps=max(decay_steps(step_hint, hyperparameters), 1))
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), decay],
+                              boundaries=[warmup])
+
+
+def warmup_cosine_decay_schedule(step_hint: int, hyperparameters: Any) -> optax.Schedule:
+  """Upstream's NAdamW schedule: linear warmup from 0 to `learning_rate` over `warmup_steps`,
+  then cosine decay to 0 over `decay_steps`, 0 after."""
+  peak, warmup = hyperparameters.learning_rate, warmup_steps(step_hint, hyperparameters)
+  decay = optax.cosine_decay_schedule(init_value=peak,
+                                      decay_steps=max(decay_steps(step_hint, hyperparameters), 1))
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), decay],
+                              boundaries=[warmup])
 
 
 def data_selection(workload, input_queue, optimizer_state, current_param_container, model_state,
@@ -65,65 +90,92 @@ def data_selection(workload, input_queue, optimizer_state, current_param_contain
   return next(input_queue)
 
 
-class TrainState(NamedTuple):
-  """A submission's optimizer_state: the optax state and the jitted step that owns it."""
-  opt_state: Any
+# `extra_args_fn(batch, model_state, rng, dropout_rate)`: the optimiser's extra update arguments
+# (K-FAC's statistics pass needs the batch, the model state and rngs), traced inside the step.
+# `dropout_rate` is None where the hyperparameters have none (the workload's default applies).
+ExtraArgsFn = Callable[[Dict[str, Any], Any, jax.Array, Optional[jax.Array]], Dict[str, Any]]
+
+
+class StepFunctions(NamedTuple):
+  """The functions that own a submission's optimiser state (rebuilt, never checkpointed).
+
+  `init(params) -> opt_state`; `train_step(params, model_state, opt_state, batch, rng,
+  dropout_rate, label_smoothing) -> (params, model_state, opt_state, loss)`, jitted.
+  """
+  init: Callable[[Any], Any]
   train_step: Callable
 
 
-# `optimizer_fn(model_state, rng)` builds the submission's optimiser for one step. Optax
-# transformations are pure, so building one inside the traced step is free; it lets K-FAC's
-# statistics pass close over the step's model state (BatchNorm) and dropout rng.
-OptimizerFn = Callable[[Any, jax.Array], optax.GradientTransformation]
+class TrainState(NamedTuple):
+  """A submission's `optimizer_state`: `opt_state` is the optax state, a pytree of arrays only
+  (what a checkpoint saves); `functions` the jitted functions that own it and `build(batch)`
+  what makes them (from the first batch's shapes for K-FAC). `opt_state` and `functions` are
+  None until the first `update_params` when the optimiser needs a batch to be built."""
+  opt_state: Any
+  functions: Optional[StepFunctions]
+  build: Callable[[Optional[Dict[str, Any]]], StepFunctions]
 
 
-def mean_loss(workload: Workload, params, batch: Dict[str, Any], model_state, rng: jax.Array,
-              label_smoothing: float):
+def mean_loss(workload, params, batch: Dict[str, Any], model_state, rng: jax.Array,
+              dropout_rate: Optional[jax.Array], label_smoothing: jax.Array):
   """The training objective: the workload's loss summed over valid entries / their number."""
-  logits, new_model_state = workload.model_fn(params, batch, model_state, ForwardPassMode.TRAIN,
-                                              rng, update_batch_norm=True)
+  logits, new_model_state = workload.model_fn(params, batch, model_state,
+                                              spec.ForwardPassMode.TRAIN, rng,
+                                              update_batch_norm=True, dropout_rate=dropout_rate)
   losses = workload.loss_fn(batch['targets'], logits, batch.get('weights'), label_smoothing)
   loss = losses['summed'] / jnp.maximum(losses['n_valid_examples'], 1)
   return loss, new_model_state
 
 
-def make_train_step(workload: Workload, optimizer_fn: OptimizerFn, label_smoothing: float,
-                    extra_args_fn: Optional[ExtraArgsFn] = None) -> Callable:
-  """A jitted `(params, model_state, opt_state, batch, rng) -> (params, model_state, opt_state,
-  loss)`. `extra_args_fn(workload, batch, model_state, rng)` supplies the optimiser's extra update
-  arguments (K-FAC's statistics pass needs the batch and an rng)."""
+def step_functions(workload, optimizer: optax.GradientTransformation,
+                   extra_args_fn: Optional[ExtraArgsFn] = None) -> StepFunctions:
+  """`optimizer`'s init and a jitted train step on the workload's mean training loss.
 
-  def train_step(params, model_state, opt_state, batch, rng):
+  The dropout rate and the label smoothing are traced arguments, as upstream's baselines pass
+  them, so a change of either does not recompile.
+  """
+  optimizer = optax.with_extra_args_support(optimizer)
+
+  def train_step(params, model_state, opt_state, batch, rng, dropout_rate, label_smoothing):
     grad_fn = jax.value_and_grad(mean_loss, argnums=1, has_aux=True)
     (loss, new_model_state), grads = grad_fn(workload, params, batch, model_state, rng,
-                                             label_smoothing)
-    optimizer = optax.with_extra_args_support(optimizer_fn(model_state, rng))
-    extra = extra_args_fn(workload, batch, model_state, rng) if extra_args_fn else {}
+                                             dropout_rate, label_smoothing)
+    extra = extra_args_fn(batch, model_state, rng, dropout_rate) if extra_args_fn else {}
     updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), new_model_state, opt_state, loss
 
-  return jax.jit(train_step)
+  return StepFunctions(init=optimizer.init, train_step=jax.jit(train_step))
 
 
-def init_train_state(workload: Workload, model_params, model_state, optimizer_fn: OptimizerFn,
-                     hyperparameters: Any, rng: jax.Array,
-                     extra_args_fn: Optional[ExtraArgsFn] = None) -> TrainState:
-  """Initialises the optimiser; compiles nothing yet (compilation happens on the first step,
-  inside submission time, as in AlgoPerf)."""
-  label_smoothing = float(getattr(hyperparameters, 'label_smoothing', 0.0))
-  optimizer = optax.with_extra_args_support(optimizer_fn(model_state, rng))
-  return TrainState(optimizer.init(model_params),
-                    make_train_step(workload, optimizer_fn, label_smoothing, extra_args_fn))
+def eager_train_state(model_params, build: Callable[[Optional[Dict[str, Any]]], StepFunctions]
+                      ) -> TrainState:
+  """A TrainState whose optimiser needs no batch: built and initialised now (outside the
+  clock, in `init_optimizer_state`)."""
+  functions = build(None)
+  return TrainState(functions.init(model_params), functions, build)
+
+
+def lazy_train_state(build: Callable[[Optional[Dict[str, Any]]], StepFunctions]) -> TrainState:
+  """A TrainState built and initialised from the first batch `update_params` sees."""
+  return TrainState(None, None, build)
 
 
 def update_params(workload, current_param_container, current_params_types, model_state,
                   hyperparameters, batch, loss_type, optimizer_state: TrainState, eval_results,
                   global_step, rng, train_state=None):
-  """One optimiser step with the submission's jitted train step."""
-  del current_params_types, hyperparameters, loss_type, eval_results, global_step, train_state
-  params, new_model_state, opt_state, _ = optimizer_state.train_step(
-      current_param_container, model_state, optimizer_state.opt_state, batch, rng)
-  return optimizer_state._replace(opt_state=opt_state), params, new_model_state
+  """One optimiser step with the submission's jitted train step (built first if needed)."""
+  del workload, current_params_types, loss_type, eval_results, global_step, train_state
+  state = optimizer_state
+  if state.functions is None:
+    state = state._replace(functions=state.build(batch))
+  if state.opt_state is None:
+    state = state._replace(opt_state=state.functions.init(current_param_container))
+  dropout_rate = _hyperparameter(hyperparameters, 'dropout_rate', None)  # None: the workload's.
+  params, new_model_state, opt_state, _ = state.functions.train_step(
+      current_param_container, model_state, state.opt_state, batch, rng,
+      None if dropout_rate is None else jnp.float32(dropout_rate),
+      jnp.float32(_hyperparameter(hyperparameters, 'label_smoothing', 0.0)))
+  return state._replace(opt_state=opt_state), params, new_model_state
 
 
 def prepare_for_eval(workload, current_param_container, current_params_types, model_state,

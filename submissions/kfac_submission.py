@@ -2,50 +2,58 @@
 
 The optimiser is `kfac.kfac_optimizer`: K-FAC preconditioning of every Dense/DenseGeneral/Conv
 layer (norm parameters and embeddings pass through), weight decay added to the preconditioned
-gradient, Nesterov momentum `1 - one_minus_beta1`, and the reference warmup + linear-decay
-schedule over `KFAC_HORIZON_FACTOR x step_hint` steps (the paper scales the reference's warmup
-and expected steps by 0.75; Eschenhagen et al. 2023, section 4). The learning rate and the damping
-are the tuned hyperparameters.
+gradient, Nesterov momentum `1 - one_minus_beta1`, and the Nesterov reference's warmup +
+linear-decay schedule (`common.warmup_linear_decay_schedule`). The paper runs K-FAC on the
+reference's schedule with warmup and horizon scaled by 0.75 (Eschenhagen et al. 2023, section 4):
+the search spaces write that scaling into `warmup_factor` and `decay_steps_factor`.
 
 Hyperparameters (JSON search spaces): the Nesterov reference's (`learning_rate`,
 `one_minus_beta1`, `weight_decay`, `warmup_factor`, `decay_steps_factor`, `end_factor`,
 `label_smoothing`, `dropout_rate`) plus `damping` and, optionally, `cov_update_every` (T_cov),
-`inverse_update_every` (T_inv), `ema_decay`, `clip_update_norm`, `num_samples`, `damping_mode`, `warm_start_steps` (statistics and inverses
-on every step before it; default `DEFAULT_WARM_START_STEPS`).
+`inverse_update_every` (T_inv), `ema_decay`, `clip_update_norm`, `num_samples`,
+`inverse_method`, `inverse_rank`, `warm_start_steps` (statistics and inverses on every step
+before it): `OPTIONAL_SETTINGS`. Absent ones take `kfac.defaults`.
 
-The curvature pass runs the workload's training-mode forward pass (`Workload.kfac_model_fn`)
-with the step's model state and dropout rng, on the step's batch, with labels sampled from the
-model (MC Fisher). Its loss is scaled to the training objective: the workload's loss is
-`summed / n_valid_examples`, K-FAC's the mean over examples of the per-example sum, so the mask
-handed to K-FAC is the label mask times `examples / sum(mask)` (1 for per-example masks).
+The optimiser is built from the first batch `update_params` sees (its input shapes; no second
+input pipeline), once: its layer plan is traced then and reused. The curvature pass is the
+workload's own `model_fn(params, batch, model_state, ForwardPassMode.TRAIN, rng,
+update_batch_norm=False, dropout_rate=...)` with the step's model state, dropout rng and rate,
+on the step's batch, with labels sampled from the model (MC Fisher). Its loss is scaled to the
+training objective: the workload's loss is `summed / n_valid_examples`, K-FAC's the mean over
+examples of the per-example sum, so the mask handed to K-FAC is the label mask times
+`examples / sum(mask)` (1 for per-example masks).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
 
 import kfac
-from contract.types import LossType
+from kfac import defaults
 from submissions import common
+from submissions.common import spec
 
-DEFAULT_COV_UPDATE_EVERY = 1
-DEFAULT_INVERSE_UPDATE_EVERY = 10
-DEFAULT_EMA_DECAY = 0.95
-# Statistics and inverses on every one of the first steps: the ViT's zero-initialised head makes
-# the step-0 curvature of every other layer zero, and with T_inv = 10 its `1 / damping` inverse
-# would scale the next nine updates (measured: divergence within 4 steps on imagenet_vit small).
-DEFAULT_WARM_START_STEPS = 10
 KFAC_LOSSES = {
-    LossType.SOFTMAX_CROSS_ENTROPY: 'softmax_cross_entropy',
-    LossType.SIGMOID_CROSS_ENTROPY: 'sigmoid_cross_entropy',
-    LossType.MEAN_SQUARED_ERROR: 'mse',
+    spec.LossType.SOFTMAX_CROSS_ENTROPY: 'softmax_cross_entropy',
+    spec.LossType.SIGMOID_CROSS_ENTROPY: 'sigmoid_cross_entropy',
+    spec.LossType.MEAN_SQUARED_ERROR: 'mse',
 }
+# The stream of the step's rng that samples the MC-Fisher labels (the step's rng itself is the
+# dropout rng of both the gradient and the curvature pass).
+LABEL_SAMPLING_STREAM = 1
+# Floor of the sum of the label weights, so that an all-padding batch divides by no zero.
+MIN_WEIGHT_SUM = 1e-12
+# Hyperparameters handed to `kfac.kfac_optimizer` when the search space has them (with their
+# types); absent ones take `kfac.defaults`.
+OPTIONAL_SETTINGS = {'clip_update_norm': float, 'num_samples': int, 'inverse_method': str,
+                     'inverse_rank': int, 'ema_decay': float, 'cov_update_every': int,
+                     'inverse_update_every': int, 'warm_start_steps': int}
 
 
-def kfac_loss_name(loss_type: LossType) -> str:
+def kfac_loss_name(loss_type: spec.LossType) -> str:
   if loss_type not in KFAC_LOSSES:
     raise ValueError(f'K-FAC supports losses {sorted(l.name for l in KFAC_LOSSES)}, '
                      f'not {loss_type.name}')
@@ -57,80 +65,83 @@ def objective_mask(weights: jax.Array) -> jax.Array:
   `sum(mask * loss) / sum(mask)`: `weights * (examples with any weight) / sum(weights)`."""
   per_example = weights.reshape(weights.shape[0], -1)
   num_examples = jnp.sum(jnp.any(per_example != 0, axis=1))
-  return weights * (num_examples / jnp.maximum(jnp.sum(weights), 1e-12))
+  return weights * (num_examples / jnp.maximum(jnp.sum(weights), MIN_WEIGHT_SUM))
 
 
-def curvature_extra_args(workload, batch: Dict[str, Any], model_state, rng: jax.Array
-                         ) -> Dict[str, Any]:
+def curvature_extra_args(batch: Dict[str, Any], model_state, rng: jax.Array,
+                         dropout_rate: Optional[jax.Array]) -> Dict[str, Any]:
   """The extra update arguments of `kfac.precondition` for one training batch."""
-  del workload, model_state
   weights = batch.get('weights')
   return {'inputs': batch['inputs'], 'targets': batch['targets'],
           'mask': None if weights is None else objective_mask(jnp.asarray(weights)),
-          'rng': jax.random.fold_in(rng, 1)}
+          'rng': jax.random.fold_in(rng, LABEL_SAMPLING_STREAM),
+          'apply_kwargs': {'model_state': model_state, 'rng': rng, 'dropout_rate': dropout_rate}}
 
 
 def _setting(hyperparameters, name: str, default: Any) -> Any:
   return getattr(hyperparameters, name, default)
 
 
-def make_optimizer_fn(workload, hyperparameters, flavour: str, sample_inputs: Any
-                      ) -> common.OptimizerFn:
-  """`(model_state, rng) -> kfac.kfac_optimizer` whose statistics pass is the workload's
-  training forward pass with that model state and dropout rng."""
-  schedule = common.reference_schedule(workload.step_hint, hyperparameters,
-                                       horizon_factor=common.KFAC_HORIZON_FACTOR)
-  options = dict(
-      learning_rate=schedule,
+def training_logits(workload):
+  """`apply_fn(params, inputs, *, model_state, rng, dropout_rate)` of `kfac.precondition`: the
+  workload's training-mode forward pass, batch-norm statistics left as they are."""
+
+  def apply_fn(params, inputs, *, model_state, rng, dropout_rate):
+    logits, _ = workload.model_fn(params, {'inputs': inputs}, model_state,
+                                  spec.ForwardPassMode.TRAIN, rng, update_batch_norm=False,
+                                  dropout_rate=dropout_rate)
+    return logits
+
+  return apply_fn
+
+
+def kfac_optimizer(workload, hyperparameters, flavour: str, sample_inputs: Any,
+                   sample_model_state: Any):
+  """`kfac.kfac_optimizer` on the workload's training forward pass, its layers traced on
+  `sample_inputs` (a batch's inputs or their shapes) and `sample_model_state`."""
+  dropout_rate = _setting(hyperparameters, 'dropout_rate', None)
+  options = {name: cast(getattr(hyperparameters, name))
+             for name, cast in OPTIONAL_SETTINGS.items() if hasattr(hyperparameters, name)}
+  return kfac.kfac_optimizer(
+      training_logits(workload),
+      sample_apply_kwargs={'model_state': sample_model_state, 'rng': jax.random.PRNGKey(0),
+                           'dropout_rate': dropout_rate},
+      learning_rate=common.warmup_linear_decay_schedule(workload.step_hint, hyperparameters),
       momentum=1.0 - hyperparameters.one_minus_beta1,
       nesterov=True,
       weight_decay=hyperparameters.weight_decay,
-      clip_update_norm=_setting(hyperparameters, 'clip_update_norm', None),
       loss=kfac_loss_name(workload.loss_type),
       sample_inputs=sample_inputs,
       flavour=flavour,
-      fisher_type='mc',
-      num_samples=int(_setting(hyperparameters, 'num_samples', 1)),
       damping=hyperparameters.damping,
-      damping_mode=_setting(hyperparameters, 'damping_mode', 'exact'),
-      ema_decay=_setting(hyperparameters, 'ema_decay', DEFAULT_EMA_DECAY),
-      cov_update_every=int(_setting(hyperparameters, 'cov_update_every', DEFAULT_COV_UPDATE_EVERY)),
-      inverse_update_every=int(_setting(hyperparameters, 'inverse_update_every',
-                                        DEFAULT_INVERSE_UPDATE_EVERY)),
-      warm_start_steps=int(_setting(hyperparameters, 'warm_start_steps',
-                                    DEFAULT_WARM_START_STEPS)),
-  )
-
-  def optimizer_fn(model_state, rng):
-    def apply_fn(params, inputs):
-      return workload.kfac_model_fn(params, {'inputs': inputs}, model_state, rng)
-    return kfac.kfac_optimizer(apply_fn, **options)
-
-  return optimizer_fn
+      **options)
 
 
-def sample_batch_inputs(workload, rng: jax.Array) -> Any:
-  """The inputs of one training batch (shapes only matter): K-FAC traces its layers on them."""
-  batch_size = workload.train_batch_size
-  queue = workload.build_input_queue(rng, 'train', workload.data_dir, batch_size)
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.asarray(x).dtype),
-                                next(queue)['inputs'])
+def input_shapes(batch: Dict[str, Any]) -> Any:
+  """The shapes and dtypes of a batch's inputs (all K-FAC's plan needs of them)."""
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+                                batch['inputs'])
 
 
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng, *,
                          flavour: str) -> common.TrainState:
-  optimizer_fn = make_optimizer_fn(workload, hyperparameters, flavour,
-                                   sample_batch_inputs(workload, rng))
-  return common.init_train_state(workload, model_params, model_state, optimizer_fn,
-                                 hyperparameters, rng, extra_args_fn=curvature_extra_args)
+  """A TrainState whose K-FAC optimiser is built from the first training batch (lazily)."""
+  del model_params, rng
+
+  def build(batch: Dict[str, Any]) -> common.StepFunctions:
+    optimizer = kfac_optimizer(workload, hyperparameters, flavour, input_shapes(batch),
+                               model_state)
+    return common.step_functions(workload, optimizer, extra_args_fn=curvature_extra_args)
+
+  return common.lazy_train_state(build)
 
 
 def step_phase(global_step: int, hyperparameters) -> str:
-  """Which curvature work step `global_step` does: 'plain', 'statistics' or
+  """Which curvature work step `global_step` does: 'plain', 'statistics', 'inverse' or
   'statistics+inverse' (the runner times each phase separately)."""
-  t_cov = int(_setting(hyperparameters, 'cov_update_every', DEFAULT_COV_UPDATE_EVERY))
-  t_inv = int(_setting(hyperparameters, 'inverse_update_every', DEFAULT_INVERSE_UPDATE_EVERY))
-  warm = int(_setting(hyperparameters, 'warm_start_steps', DEFAULT_WARM_START_STEPS))
+  t_cov = int(_setting(hyperparameters, 'cov_update_every', defaults.COV_UPDATE_EVERY))
+  t_inv = int(_setting(hyperparameters, 'inverse_update_every', defaults.INVERSE_UPDATE_EVERY))
+  warm = int(_setting(hyperparameters, 'warm_start_steps', defaults.WARM_START_STEPS))
   statistics = kfac.curvature.is_due(global_step, t_cov, warm)
   inverse = kfac.curvature.is_due(global_step, t_inv, warm)
   if inverse:

@@ -1,10 +1,18 @@
-"""AlgoPerf's NAdamW target-setting algorithm, for any workload (the ViT reference).
+"""Upstream AlgoPerf's NAdamW baseline, for any workload (the ViT reference).
 
-NAdam with decoupled weight decay (`optax.nadamw`), linear warmup from 0 over
-`warmup_factor x horizon` steps then cosine decay to 0 at the horizon `0.75 x step_hint`
-(AlgoPerf target setting). ImageNet ViT target setting (DESIGN section 3): learning rate
-8.445e-4, beta1 0.8896, beta2 0.99785, warmup 6,999 steps of the 125,999-step horizon
-(warmup_factor 0.05555), weight decay 0.0814.
+NAdam with decoupled weight decay (`optax.nadamw`: b1 `1 - one_minus_beta1`, b2 `beta2`, eps
+1e-8), linear warmup from 0 over `warmup_factor x step_hint` steps, then cosine decay to 0 over
+`decay_steps_factor x (step_hint - warmup)` steps (`common.warmup_cosine_decay_schedule`;
+`decay_steps_factor` is ours, optional, default 1: upstream's schedule). Hyperparameters:
+`learning_rate`, `one_minus_beta1`, `beta2`, `weight_decay`, `warmup_factor`, `label_smoothing`,
+`dropout_rate` (+ `decay_steps_factor`): upstream's `archived_paper_baselines/nadamw` search
+space runs here unchanged. `optax.nadamw` corrects the bias of its Nesterov first moment as Dozat
+(2016) does; upstream's init2winit fork corrects `b1 mu + (1 - b1) g` as a whole: the two differ
+in the first steps only.
+
+ImageNet ViT target setting (tuning_search_spaces/imagenet_vit/nadamw.json): learning rate
+8.445e-4, beta1 0.8896, beta2 0.99785, weight decay 0.0814, warmup 6,999 steps and cosine decay
+over the remaining 119,000 of the 0.75 x 167,999 = 125,999-step target-setting horizon.
 """
 
 from __future__ import annotations
@@ -19,17 +27,14 @@ __all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_sele
 
 
 def nadamw_optimizer(step_hint: int, hyperparameters) -> optax.GradientTransformation:
-  horizon = int(common.REFERENCE_HORIZON_FACTOR * step_hint)
-  warmup_steps = int(hyperparameters.warmup_factor * horizon)
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=hyperparameters.learning_rate, warmup_steps=max(warmup_steps, 1),
-      decay_steps=max(horizon, warmup_steps + 1), end_value=0.0)
+  schedule = common.warmup_cosine_decay_schedule(step_hint, hyperparameters)
   return optax.nadamw(learning_rate=schedule, b1=1.0 - hyperparameters.one_minus_beta1,
-                      b2=1.0 - hyperparameters.one_minus_beta2, eps=1e-8,
+                      b2=hyperparameters.beta2, eps=1e-8,
                       weight_decay=hyperparameters.weight_decay)
 
 
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng):
+  del model_state, rng
   optimizer = nadamw_optimizer(workload.step_hint, hyperparameters)
-  return common.init_train_state(workload, model_params, model_state,
-                                 lambda model_state, rng: optimizer, hyperparameters, rng)
+  return common.eager_train_state(model_params,
+                                  lambda batch: common.step_functions(workload, optimizer))

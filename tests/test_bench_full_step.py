@@ -16,7 +16,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPOSITORY, 'scripts', 'bench_full_step.py')
 # Small batches keep the tiny steps cheap; compilation dominates, about 3x faster without XLA's
 # backend optimisation.
-TEST_BATCH_SIZES = {'imagenet_vit': 2, 'cifar_wrn': 2, 'ogbg_molpcba': 4}
+TEST_BATCH_SIZES = {'imagenet_vit': 2, 'cifar': 2, 'ogbg': 4}
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
 
 
@@ -82,9 +82,9 @@ def test_table_rows_follow_from_the_measured_phases(timings):
 
 def test_ogbg_batch_is_padded_to_the_budget(timings):
   ogbg = next(t for t in timings if t.workload.startswith('ogbg'))
-  workload = workloads.get_workload('ogbg_molpcba', 'tiny')
-  budget = workload.padding_budget(TEST_BATCH_SIZES['ogbg_molpcba'])
-  batch, _ = bench.molecule_batch(workload, TEST_BATCH_SIZES['ogbg_molpcba'],
+  workload = workloads.get_workload('ogbg', 'tiny')
+  budget = workload.padding_budget(TEST_BATCH_SIZES['ogbg'])
+  batch, _ = bench.molecule_batch(workload, TEST_BATCH_SIZES['ogbg'],
                                   np.random.default_rng(0))
   graph = batch['inputs']
   assert graph.nodes.shape[0] == budget.n_node and graph.edges.shape[0] == budget.n_edge
@@ -110,4 +110,4 @@ def test_bad_input_is_one_line():
   assert done.returncode == 2
   assert [line for line in done.stderr.splitlines() if 'error' in line.lower()] == [
       "bench_full_step: error: unknown workloads ['mnist']; choose from imagenet_vit, "
-      'cifar_wrn, ogbg_molpcba']
+      'cifar, ogbg']

@@ -189,10 +189,9 @@ def test_config_and_data_source_must_agree(tiny, tmp_path):
 def test_every_abstract_member_is_implemented_and_registered(tiny):
   workload, params, _ = tiny
   assert not type(workload).__abstractmethods__
-  assert workloads.default_batch_size(f'{workload.workload_name}_tiny') == (
-      workload.train_batch_size)
-  assert workloads.default_batch_size(workload.workload_name) == (
-      type(workload).batch_size_of_config('full'))
+  assert workloads.split_variant(f'{workload.workload_name}_tiny') == (
+      workload.workload_name, 'tiny')
+  assert workloads.workload_class(workload.workload_name) is type(workload)
   assert jax.tree.structure(workload.param_shapes) == jax.tree.structure(params)
   assert jax.tree.structure(workload.model_params_types) == jax.tree.structure(params)
   assert workload.eval_period_steps > 0

@@ -60,8 +60,3 @@ def get_workload(name: str, config_name: str = 'small', data_dir: Optional[str] 
   return workload_class(name)(config_name=config_name, data_dir=data_dir,
                               data_source=data_source)
 
-
-def default_batch_size(variant_name: str) -> int:
-  """The training batch size of a workload variant's config (`ogbg_small`: 128)."""
-  name, config_name = split_variant(variant_name)
-  return workload_class(name).batch_size_of_config(config_name)

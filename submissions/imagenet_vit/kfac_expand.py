@@ -3,7 +3,7 @@
 factors (every token an example of its own); LayerNorm parameters and the position embedding
 pass through. See submissions/kfac_submission.py."""
 
-from submissions.kfac_expand import (FLAVOUR, data_selection, get_batch_size, init_optimizer_state,
+from submissions.kfac_expand import (data_selection, get_batch_size, init_optimizer_state,
                                      prepare_for_eval, step_phase, update_params)
 
 __all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_selection',

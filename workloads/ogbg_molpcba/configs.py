@@ -68,9 +68,9 @@ def get_data_config(data_source: str) -> ml_collections.ConfigDict:
 def get_config(config_name: str) -> ml_collections.ConfigDict:
   """The config of `full`, `paper`, `small` or `tiny`.
 
-  Fields: `data_source` (the default one), `model` (GNN widths, depth, dropout), `batch_size` and `eval_batch_size` (graphs;
-  batches are padded as `input_pipeline.padding_budget`), targets on the validation and test
-  mean average precision, `step_hint`, `max_allowed_runtime_sec`, `eval_period_time_sec` and
+  Fields: `data_source` (the default one), `model` (GNN widths, depth, dropout), `batch_size`
+  and `eval_batch_size` (graphs; batches are padded as `input_pipeline.padding_budget`),
+  targets on the validation and test mean average precision, `step_hint`, `max_allowed_runtime_sec`, `eval_period_time_sec` and
   `eval_period_steps` (None: time-based only; the runner prefers the step period when set).
   """
   if config_name in ('full', 'paper'):
