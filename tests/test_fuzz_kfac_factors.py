@@ -42,7 +42,7 @@ def _targets_and_mask(loss, output_shape, mask_axes, rng):
     targets = rng.normal(size=loss_shape).astype(np.float32)
   mask_shape = loss_shape[:max(1, min(mask_axes, len(loss_shape)))]
   mask = rng.uniform(0.2, 2.0, mask_shape) * (rng.random(mask_shape) > 0.2)
-  mask[0].flat[0] = 1.0  # at least one valid example
+  mask.reshape(mask_shape[0], -1)[0, 0] = 1.0  # at least one valid example (a view)
   mask[1:][rng.random(mask_shape[0] - 1) < 1 / 3] = 0.0
   return jnp.asarray(targets), jnp.asarray(mask, jnp.float32)
 
