@@ -124,8 +124,12 @@ def sharded_mean_statistics(statistics_fn: Callable[..., Tuple[Any, jax.Array]],
   def on_device(*args):
     return mean_over_devices(*statistics_fn(*args), axis_name)
 
+  # check_vma=False: each device differentiates its own shard only. With it on, the cotangent of
+  # a value the same on every device (a replicated parameter, a zero probe built from it) is
+  # summed over the axis in the backward pass, and K-FAC's output-gradient rows would hold the
+  # other devices' gradients (measured: wrong B factors). The one psum above is explicit.
   return jax.shard_map(on_device, mesh=mesh, in_specs=in_specs,
-                       out_specs=(PartitionSpec(), PartitionSpec()))
+                       out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
 
 
 # -- Inverses: a balanced share per device -------------------------------------------------------
