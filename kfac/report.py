@@ -3,7 +3,7 @@ every fallback with its reason (structured, and as text)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Tuple
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 
@@ -72,20 +72,25 @@ def report_rows(plan: planning.Plan, params: Any) -> List[ReportRow]:
   return rows
 
 
-def curvature_report(apply_fn: Callable[[Any, Any], jax.Array], params: Any,
+def curvature_report(apply_fn: Callable[..., jax.Array], params: Any, *,
+                     sample_apply_kwargs: Optional[Mapping[str, Any]] = None,
                      **options: Any) -> List[ReportRow]:
   """The curvature report: every parameter, its block, flavour, factor shapes, fallbacks.
 
   Args:
     apply_fn: as for `kfac.precondition`.
     params: the model parameters (arrays or `jax.ShapeDtypeStruct`s).
-    **options: the keyword arguments of `kfac.precondition` (`PreconditionOptions`).
+    sample_apply_kwargs: as for `kfac.precondition`.
+    **options: the other keyword arguments of `kfac.precondition` (`PreconditionOptions`).
 
   Returns:
     A list of `ReportRow`; `format_curvature_report` prints it.
   """
   options = planning.validate_options(planning.PreconditionOptions(**options))
-  return report_rows(planning.make_plan(apply_fn, params, options.sample_inputs, options), params)
+  kwargs = dict(sample_apply_kwargs or {})
+  plan = planning.make_plan(lambda p, x: apply_fn(p, x, **kwargs), params, options.sample_inputs,
+                            options)
+  return report_rows(plan, params)
 
 
 def format_curvature_report(rows: List[ReportRow]) -> str:

@@ -43,3 +43,16 @@ def test_report_shows_the_inverse_method_of_every_layer():
   assert blocks['Conv_0/kernel'] == 'diagonal'  # '*' matches, the default does not apply
   assert blocks['Dense_0/kernel'] == blocks['Dense_0/bias'] == 'pi_eigh'  # first match wins
   assert 'pi_eigh' in kfac.format_curvature_report(rows)
+
+
+def test_report_of_a_model_that_needs_apply_kwargs():
+  model = ConvNet()
+  x, _ = batch()
+
+  def apply_fn(params, inputs, *, scale):
+    return model.apply(params, inputs * scale)
+
+  rows = kfac.curvature_report(apply_fn, init(model, x), loss='mse', sample_inputs=x,
+                               sample_apply_kwargs={'scale': 2.0})
+  assert {row.parameter for row in rows if row.block == 'eigh'} == {
+      'Conv_0/kernel', 'Conv_0/bias', 'Dense_0/kernel', 'Dense_0/bias'}
