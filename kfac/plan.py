@@ -130,6 +130,7 @@ class Plan(NamedTuple):
 
   @property
   def uncovered(self) -> Dict[ParamPath, str]:
+    """Every parameter outside a covered layer, with the reason (`LayerReport.uncovered`)."""
     return self.report.uncovered
 
 

@@ -102,7 +102,7 @@ class LayerReport(NamedTuple):
   layers: Dict[LayerPath, LayerInfo]
   uncovered: Dict[ParamPath, str]
   num_examples: int
-  refused: Dict[LayerPath, str] = {}
+  refused: Dict[LayerPath, str]
 
 
 class _TracedCall(NamedTuple):
