@@ -185,7 +185,7 @@ def layer_plan(info: tracing.LayerInfo, flavour: str, options: PreconditionOptio
   """Flavour, block and fallbacks of one covered layer."""
   dim_a, dim_b = info.dims
   method = match_pattern(info.path, options.inverse_method_overrides) or options.inverse_method
-  forms, fallbacks = ('full', 'full'), ()
+  forms, fallbacks = ((method, method) if method in FALLBACK_METHODS else ('full', 'full')), ()
   if method in DENSE_FACTOR_METHODS:
     (form_a, fallback_a), (form_b, fallback_b) = (_side_form(info.path, 'A', dim_a, options),
                                                   _side_form(info.path, 'B', dim_b, options))

@@ -41,6 +41,8 @@ def test_report_shows_the_inverse_method_of_every_layer():
                                inverse_method_overrides={'Dense_*': 'pi_eigh', '*': 'diagonal'})
   blocks = {row.parameter: row.block for row in rows}
   assert blocks['Conv_0/kernel'] == 'diagonal'  # '*' matches, the default does not apply
+  factors = {row.parameter: row.factors for row in rows}
+  assert factors['Conv_0/kernel'] == 'A [19] diagonal, B [4] diagonal'
   assert blocks['Dense_0/kernel'] == blocks['Dense_0/bias'] == 'pi_eigh'  # first match wins
   assert 'pi_eigh' in kfac.format_curvature_report(rows)
 
