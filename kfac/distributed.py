@@ -26,8 +26,9 @@ layers assigned to `d` only (`lax.switch` on `lax.axis_index` over one branch pe
 other devices' decompositions are not even in the branch), fills the other layers' results with
 zeros, and shares them with ONE all-reduce: every result leaf is bitcast to `uint32`, summed over
 the axis (the owner's bits plus zeros: exact, NaNs and all) and bitcast back. Every device ends
-with every layer's new state. Communication per inverse step: one all-reduce of the inverse
-states' bytes. Wall-clock of the decompositions: `max_d sum_{l owned by d} cost_l` instead of
+with every layer's new state. Communication per inverse step: one all-reduce of the new leaves'
+bytes (leaves an `invert` passes through unchanged, like a Kronecker block's factors next to
+their new eigendecompositions, are found in its jaxpr and not sent). Wall-clock of the decompositions: `max_d sum_{l owned by d} cost_l` instead of
 `sum_l cost_l`.
 
 Use, in a train step jitted over a `Mesh` with the batch sharded along axis `'batch'`:
@@ -227,23 +228,47 @@ def invert_on_owners(invert_fns: Mapping[Layer, InvertFn], states: Mapping[Layer
     *operands: replicated arrays passed to every `invert` (e.g. a traced damping).
 
   Returns:
-    `{layer: new state}`, bitwise the owner device's result, on every device.
+    `{layer: new state}`, bitwise the owner device's result, on every device. Leaves an
+    `invert` returns unchanged from its state are not communicated.
   """
   layers = list(states)
-  shapes = {layer: jax.eval_shape(invert_fns[layer], states[layer], *operands) for layer in layers}
+  traced = {layer: jax.make_jaxpr(invert_fns[layer], return_shape=True)(states[layer], *operands)
+            for layer in layers}
+  kept = {layer: _passed_through(jaxpr.jaxpr, len(jax.tree_util.tree_leaves(states[layer])))
+          for layer, (jaxpr, _) in traced.items()}
+
+  def new_leaves(layer: Layer, leaves: List[Any]) -> List[Any]:
+    return [leaf for leaf, source in zip(leaves, kept[layer]) if source is None]
 
   def branch(device: int) -> Callable[..., Dict[Layer, Any]]:
     def run(layer_states, branch_operands):
-      return {layer: (invert_fns[layer](layer_states[layer], *branch_operands)
-                      if assignment[layer] == device else
-                      jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[layer]))
+      return {layer: new_leaves(layer, jax.tree_util.tree_leaves(
+                  invert_fns[layer](layer_states[layer], *branch_operands)
+                  if assignment[layer] == device else
+                  jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), traced[layer][1])))
               for layer in layers}
     return run
 
   mine = jax.lax.switch(jax.lax.axis_index(axis_name),
                         [branch(device) for device in range(num_devices)],
                         dict(states), tuple(operands))
-  return share_from_owners(mine, axis_name)
+  shared = share_from_owners(mine, axis_name)
+  results = {}
+  for layer in layers:
+    state_leaves, computed = jax.tree_util.tree_leaves(states[layer]), iter(shared[layer])
+    leaves = [next(computed) if source is None else state_leaves[source]
+              for source in kept[layer]]
+    results[layer] = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(traced[layer][1]), leaves)
+  return results
+
+
+def _passed_through(jaxpr: Any, num_state_leaves: int) -> List[Any]:
+  """For each output of `jaxpr`: the index of the state leaf (its first `num_state_leaves`
+  inputs) it returns unchanged, else None. Such leaves (a block's factors, next to their new
+  decomposition) are already on every device and are not sent."""
+  inputs = {id(var): index for index, var in enumerate(jaxpr.invars[:num_state_leaves])}
+  return [inputs.get(id(var)) for var in jaxpr.outvars]
 
 
 def distributed_invert(invert_fns: Mapping[Layer, InvertFn], states: Mapping[Layer, Any],

@@ -26,7 +26,7 @@ VALID_PER_DEVICE = [6, 2, 0, 5]
 BLOCK_METHODS = ['eigh', 'pi_eigh', 'cholesky', 'rsvd', 'diagonal', 'mac']
 
 DEVICE_SCRIPT = r'''
-import json, sys
+import json, re, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from kfac import distributed
@@ -52,7 +52,8 @@ def decompose(state, damping, index):  # Mixed result dtypes: the sharing must k
   decompositions = tuple(jnp.linalg.eigh(f + damping * jnp.eye(f.shape[0])) for f in state)
   values = decompositions[0][0]
   return {'eigh': decompositions, 'bf16': values.astype(jnp.bfloat16),
-          'count': jnp.int32(index + 7), 'finite': jnp.all(jnp.isfinite(values))}
+          'count': jnp.int32(index + 7), 'finite': jnp.all(jnp.isfinite(values)),
+          'factors': state}  # Passed through: stays on every device, not sent.
 
 def make_invert(index):
   def invert(state, damping):
@@ -80,6 +81,11 @@ hlo = compiled.as_text()
 spread = jax.block_until_ready(compiled(replicated, damping, True))
 jax.effects_barrier()
 calls_spread = list(calls)
+# The one all-reduce carries the new leaves only: eigh results, bf16, count and flag (1 word
+# each), not the passed-through factors.
+sent_words = [int(words) for words in re.findall(r'u32\[(\d+)\]\{0\} all-reduce\(', hlo)]
+new_words = sum(f.shape[0] * (f.shape[0] + 1) for state in states.values() for f in state) + sum(
+    state[0].shape[0] + 2 for state in states.values())  # bf16 widened to one word each.
 
 one_device = jax.devices()[0]  # The single-device inverses: no shard_map, no mesh.
 reference = jax.jit(lambda s, d: {n: decompose(s[n], d, i) for i, n in enumerate(layers)})(
@@ -179,6 +185,10 @@ print(json.dumps({
     'counts': [int(spread[n]['count']) for n in layers],
     'finite': [bool(spread[n]['finite']) for n in layers],
     'inverse_all_reduces': hlo.count(' all-reduce('),
+    'sent_words': sent_words,
+    'new_words': new_words,
+    'factors_equal': all(bool(np.array_equal(spread[n]['factors'][i], states[n][i]))
+                         for n in layers for i in (0, 1)),
     'statistics_all_reduces': stats_hlo.count(' all-reduce('),
     'count': float(counts['a']),
     'node_count': float(counts['nodes']),
@@ -229,6 +239,9 @@ def test_each_device_decomposes_only_its_layers(device_run):
 
 def test_one_all_reduce_per_step(device_run):
   assert device_run['inverse_all_reduces'] == 1
+  # Passed-through leaves (the input factors) are not sent, yet every device has them.
+  assert device_run['sent_words'] == [device_run['new_words']]
+  assert device_run['factors_equal']
   assert device_run['statistics_all_reduces'] == 1
 
 
