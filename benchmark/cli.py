@@ -58,6 +58,17 @@ flags.DEFINE_integer('eval_period_steps', None, 'Evaluate every N steps (default
                      'step period, else every eval_period_time_sec of wall-clock).')
 flags.DEFINE_boolean('stop_on_target', True, 'Stop a trial once both targets are reached.')
 flags.DEFINE_boolean('overwrite', False, 'Rerun finished trials of this experiment.')
+flags.DEFINE_boolean('resume_last_run', True, 'Continue an unfinished trial from its last '
+                     'checkpoint (upstream\'s flag; here also the default, so rerunning a killed '
+                     'command continues it); --noresume_last_run restarts it from step 0.')
+flags.DEFINE_boolean('save_checkpoints', True, 'Checkpoint trials at every evaluation and every '
+                     '--checkpoint_every_secs (upstream\'s flag).')
+flags.DEFINE_float('checkpoint_every_secs', 600.0, 'Wall-clock seconds between checkpoints '
+                   'besides those at evaluations.')
+flags.DEFINE_integer('checkpoints_to_keep', 2, 'Newest checkpoints kept per trial (at least 2, so '
+                     'that a corrupt one falls back to the previous).')
+flags.DEFINE_integer('max_consecutive_rejections', 10, 'A trial in which a layer\'s curvature '
+                     'update was rejected (non-finite) more times in a row is marked degraded.')
 flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'], 'Output format of report/describe.')
 flags.DEFINE_string('out', None, 'report: also write report.md, report.html (self-contained), '
                     'report.json (the full report) and the PNG plots to this folder.')
@@ -99,6 +110,12 @@ def _settings():
   from benchmark.trial import TrialSettings
   if FLAGS.num_studies < 1:
     raise BenchmarkError(f'--num_studies must be at least 1, got {FLAGS.num_studies}')
+  if FLAGS.checkpoints_to_keep < 2:
+    raise BenchmarkError(f'--checkpoints_to_keep must be at least 2, got '
+                         f'{FLAGS.checkpoints_to_keep}')
+  if FLAGS.checkpoint_every_secs <= 0:
+    raise BenchmarkError(f'--checkpoint_every_secs must be positive, got '
+                         f'{FLAGS.checkpoint_every_secs}')
   return ExperimentSettings(
       experiment_dir=FLAGS.experiment_dir, experiment_name=FLAGS.experiment_name,
       tuning_ruleset=FLAGS.tuning_ruleset, num_tuning_trials=FLAGS.num_tuning_trials,
@@ -108,7 +125,11 @@ def _settings():
       trial=TrialSettings(rng_seed=FLAGS.rng_seed, max_global_steps=FLAGS.max_global_steps,
                           max_runtime_sec=FLAGS.max_runtime_sec,
                           eval_period_steps=FLAGS.eval_period_steps,
-                          stop_on_target=FLAGS.stop_on_target))
+                          stop_on_target=FLAGS.stop_on_target, resume=FLAGS.resume_last_run,
+                          save_checkpoints=FLAGS.save_checkpoints,
+                          checkpoint_every_secs=FLAGS.checkpoint_every_secs,
+                          checkpoints_to_keep=FLAGS.checkpoints_to_keep,
+                          max_consecutive_rejections=FLAGS.max_consecutive_rejections))
 
 
 def cmd_run(args: List[str]) -> int:

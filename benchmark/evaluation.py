@@ -1,14 +1,17 @@
 """The evaluation of a trial, by upstream AlgoPerf's rules: when it is due, `prepare_for_eval` on
-the clock, the budget check, the untimed `eval_model`, the targets, the measurement row."""
+the clock, the budget check, the untimed `eval_model`, the targets, the measurement row; then
+ours: the submission's diagnostics and a checkpoint, complete before the row is written (so that
+every row on disk can be resumed from)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 
-from benchmark import results
+from benchmark import diagnostics, results, resume
+from benchmark.checkpoint import Checkpointer, MeasurementsWriter, ResumableQueue
 from benchmark.clock import Clock
 from benchmark.trial_state import Model, TrialState
 from contract.submission import Submission
@@ -16,16 +19,20 @@ from contract.workload import Workload
 
 
 class TrialContext(NamedTuple):
-  """What stays fixed during a trial."""
+  """What stays fixed during a run of a trial (`input_queue` and `rng` are set once known)."""
   workload: Workload
   submission: Submission
   settings: Any  # trial.TrialSettings
   hparams: Any  # The Hyperparameters namedtuple; None under self-tuning.
   budget: float  # Seconds of submission time.
   clock: Clock
-  writer: results.MeasurementsWriter
+  writer: MeasurementsWriter
+  checkpointer: Optional[Checkpointer]  # None: no checkpoints are saved.
+  trial_dir: str
   log: Callable[[str], None]
   log_prefix: str
+  input_queue: Optional[ResumableQueue] = None
+  rng: Any = None  # The trial's step rng: step t uses fold_in(rng, t).
 
 
 def batch_size(submission: Submission, workload: Workload) -> int:
@@ -88,7 +95,8 @@ def _record_targets(context: TrialContext, state: TrialState, metrics: Dict[str,
 
 def evaluate(context: TrialContext, state: TrialState, model: Model, prepare_rng: jax.Array,
              eval_rng: jax.Array) -> Tuple[TrialState, Model]:
-  """`prepare_for_eval` (timed), the budget check, then `eval_model` (untimed) and its row.
+  """`prepare_for_eval` (timed), the budget check, then `eval_model` (untimed), its row, the
+  diagnostics, a checkpoint (booked to `checkpoint`), and the row written to the CSV.
 
   Past the budget there is no evaluation: the trial ends and no target is credited.
   """
@@ -111,11 +119,14 @@ def evaluate(context: TrialContext, state: TrialState, model: Model, prepare_rng
   state = _record_targets(context, state, metrics)
   # Upstream's eval_results entries are its CSV rows: the metrics plus the bookkeeping.
   row = dict(metrics, global_step=state.global_step,
-             preemption_count=context.settings.preemption_count,
+             preemption_count=state.preemption_count,
              accumulated_submission_time=state.submission_time, score=state.submission_time,
              accumulated_eval_time=state.eval_time, accumulated_logging_time=state.logging_time,
              total_duration=clock.total())
   state = state._replace(eval_results=state.eval_results + ((state.global_step, row),))
+  state = diagnostics.record(context, state, model, at_evaluation=True)
+  state = state._replace(logging_time=state.logging_time + clock.book('logging'))
+  state = resume.save(context, state, model, csv_row=row)
   context.writer.write(row)
   context.log(_progress_line(context, state, metrics,
                              first_before is None and state.steps_to_target is not None))

@@ -6,7 +6,10 @@ External tuning: study s draws its trials from the search space with seed `rng_s
 study over machines). Self-tuning: one trial per study, no search space, hyperparameters None,
 1.5 x the runtime budget (upstream's). Trial t of study s trains with seed
 `rng_seed + SEEDS_PER_STUDY * s + t`. A trial with a `trial_summary.json` is finished and never
-rerun; a trial folder without one is removed and the trial restarts cleanly.
+rerun; an unfinished trial continues from its last checkpoint (`TrialSettings.resume`, upstream's
+`--resume_last_run`), and its folder is removed when it has none (or resuming is off) and the
+trial restarts cleanly. `meta_data_<p>.json` and `flags_<p>.json` are written for each run of a
+trial, `p` its preemption count.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from benchmark import environment, results, tuning
+from benchmark.checkpoint import Checkpointer
 from benchmark.trial import SELF_TUNING_BUDGET_FACTOR, TrialSettings, run_trial
 from contract.errors import BenchmarkError
 from contract.submission import Submission
@@ -70,10 +74,12 @@ def _check_writable(path: str) -> None:
         f'experiment directory {path!r} cannot be written: {e.strerror or e}') from e
 
 
-def meta_data(workload: Workload, rng_seed: int) -> Dict[str, Any]:
-  """`meta_data_<p>.json`: the environment, `workload.<property>` values (upstream's keys), seed."""
+def meta_data(workload: Workload, rng_seed: int, preemption_count: int = 0) -> Dict[str, Any]:
+  """`meta_data_<p>.json`: the environment, `workload.<property>` values (upstream's keys), seed,
+  the preemption count `p` (runs of the trial before this one)."""
   properties = {f'workload.{name}': getattr(workload, name) for name in WORKLOAD_PROPERTIES}
-  return dict(environment.environment_metadata(), rng_seed=rng_seed, **properties)
+  return dict(environment.environment_metadata(), rng_seed=rng_seed,
+              preemption_count=preemption_count, **properties)
 
 
 def _flags(settings: ExperimentSettings, workload: Workload, submission: Submission
@@ -151,20 +157,24 @@ def run_experiment(workload: Workload, submission: Submission,
         log(f'{prefix} already finished ({done["status"]}); skipped')
         summaries.append(done)
         continue
-      if os.path.isdir(trial_dir):
+      resumable = settings.trial.resume and Checkpointer(
+          os.path.join(trial_dir, results.CHECKPOINTS_DIR)).names()
+      if os.path.isdir(trial_dir) and not resumable:
         shutil.rmtree(trial_dir)
-      os.makedirs(trial_dir)
+      os.makedirs(trial_dir, exist_ok=True)
       seed = settings.rng_seed + SEEDS_PER_STUDY * study + index
       trial_settings = dataclasses.replace(settings.trial, rng_seed=seed,
                                            budget_factor=budget_factor)
-      preemption = trial_settings.preemption_count
-      results.write_json(os.path.join(trial_dir, results.meta_data_file(preemption)),
-                         meta_data(workload, seed))
-      results.write_json(os.path.join(trial_dir, results.flags_file(preemption)),
-                         _flags(settings, workload, submission))
+
+      def write_run_files(preemption: int, trial_dir: str = trial_dir, seed: int = seed) -> None:
+        results.write_json(os.path.join(trial_dir, results.meta_data_file(preemption)),
+                           meta_data(workload, seed, preemption))
+        results.write_json(os.path.join(trial_dir, results.flags_file(preemption)),
+                           _flags(settings, workload, submission))
+
       log(f'{prefix} hyperparameters {json.dumps(point, sort_keys=True)}')
       result = run_trial(workload, submission, point, trial_dir, trial_settings, log=log,
-                         log_prefix=prefix)
+                         log_prefix=prefix, on_start=write_run_files)
       seconds = result['seconds_to_target']
       log(f'{prefix} {result["status"]}: steps_to_target={result["steps_to_target"]} '
           f'seconds_to_target={"null" if seconds is None else f"{seconds:.1f}"}')

@@ -1,4 +1,4 @@
-"""The on-disk layout of an experiment: folder names, file names, trial statuses, and the writers.
+"""The on-disk layout of an experiment: folder and file names, trial statuses, JSON and CSV I/O.
 
 Layout (upstream AlgoPerf's, so that its scoring reads ours and our report reads its runs):
   <experiment_dir>/<experiment_name>/study_<k>/<workload variant>_jax/trial_<n>/
@@ -7,6 +7,8 @@ Layout (upstream AlgoPerf's, so that its scoring reads ours and our report reads
       meta_data_<p>.json      environment and workload properties, p = preemption count
       flags_<p>.json          the settings the run was started with
       trial_summary.json      ours: status, steps/seconds to target, the time split
+      checkpoints/            ours: the trial's last checkpoints (`benchmark.checkpoint`)
+      curvature_report.txt    ours: the submission's curvature report, when it has one
 One experiment folder holds one submission (upstream: one folder per submission); our jobs put
 several side by side under `<experiment_dir>/<job>/<submission>`.
 """
@@ -16,13 +18,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 from contract.errors import BenchmarkError
 
 MEASUREMENTS_FILE = 'eval_measurements.csv'
 SUMMARY_FILE = 'trial_summary.json'
 HPARAMS_FILE = 'hparams.json'
+CHECKPOINTS_DIR = 'checkpoints'
+CURVATURE_REPORT_FILE = 'curvature_report.txt'
 FRAMEWORK = 'jax'
 
 # Trial outcomes recorded in trial_summary.json['status'].
@@ -75,7 +79,7 @@ def write_json(path: str, obj: Any) -> None:
   """Writes `obj` as indented JSON atomically (a temporary file, then a rename)."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    json.dump(obj, f, indent=2, sort_keys=True, default=json_default)
   os.replace(tmp, path)
 
 
@@ -88,34 +92,13 @@ def read_json(path: str) -> Any:
     raise BenchmarkError(f'{path} is not valid JSON: {e}') from e
 
 
-def _json_default(x: Any) -> Any:
+def json_default(x: Any) -> Any:
+  """JSON for what `json` cannot write: numpy/jax scalars and arrays as numbers and lists."""
   if hasattr(x, 'item'):
     return x.item()
   if hasattr(x, 'tolist'):
     return x.tolist()
   return str(x)
-
-
-class MeasurementsWriter:
-  """Appends one `eval_measurements.csv` row per evaluation and flushes it to disk at once.
-
-  Columns are upstream's: the sorted keys of the first row (metrics, `global_step`,
-  `preemption_count`, the time columns).
-  """
-
-  def __init__(self, path: str) -> None:
-    self.path = path
-    self.columns: Optional[List[str]] = None
-
-  def write(self, row: Mapping[str, Any]) -> None:
-    if self.columns is None:
-      self.columns = sorted(row)
-      with open(self.path, 'w', newline='') as f:
-        csv.writer(f).writerow(self.columns)
-    with open(self.path, 'a', newline='') as f:
-      csv.writer(f).writerow([row.get(c, '') for c in self.columns])
-      f.flush()
-      os.fsync(f.fileno())
 
 
 def read_measurements(path: str) -> List[Dict[str, float]]:

@@ -4,7 +4,7 @@ trial summary written to `trial_summary.json`."""
 from __future__ import annotations
 
 import types
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from benchmark import results
 
@@ -19,9 +19,14 @@ class Model(NamedTuple):
 class TrialState(NamedTuple):
   """Everything the loop knows about a trial, replaced (never mutated) step by step.
 
-  Times are seconds. `last_eval_end` is the clock reading (`time.perf_counter`) at the end of the
-  last evaluation, None before the first. `eval_results` is upstream's list of
-  `(global_step, metrics)`, oldest first.
+  Times are seconds. `last_eval_end` and `last_checkpoint_end` are clock readings
+  (`time.perf_counter`) at the end of the last evaluation and checkpoint, None before the first.
+  `eval_results` is upstream's list of `(global_step, metrics)`, oldest first. `phase_steps`
+  counts steps per phase, `compile_steps` the first steps of a phase in a run of the process
+  (with compilation: one per phase and run, so one more after each resume), `phases_this_run`
+  the phases this process has stepped. `rejected_updates` is the submission's count of
+  rejected (non-finite) curvature updates per layer at the last evaluation,
+  `max_consecutive_rejections` the most consecutive rejections seen per layer (`diagnostics`).
   """
   global_step: int = 0
   submission_time: float = 0.0
@@ -38,12 +43,22 @@ class TrialState(NamedTuple):
   seconds_to_target: Optional[float] = None
   best_metric: Optional[float] = None
   phase_steps: Mapping[str, int] = types.MappingProxyType({})
+  compile_steps: Mapping[str, int] = types.MappingProxyType({})
+  phases_this_run: Tuple[str, ...] = ()
+  last_checkpoint_end: Optional[float] = None
+  preemption_count: int = 0
+  rejected_updates: Mapping[str, int] = types.MappingProxyType({})
+  max_consecutive_rejections: Mapping[str, int] = types.MappingProxyType({})
   status: str = results.STATUS_INTERRUPTED  # Until the loop ends.
   reason: str = ''
 
   @property
   def goals_reached(self) -> bool:
     return self.validation_goal_reached and self.test_goal_reached
+
+  def degraded_layers(self, max_consecutive: int) -> List[str]:
+    """The layers whose curvature stayed rejected for more than `max_consecutive` updates."""
+    return sorted(k for k, v in self.max_consecutive_rejections.items() if v > max_consecutive)
 
   @property
   def last_metrics(self) -> Dict[str, float]:
@@ -98,6 +113,7 @@ def summary(state: TrialState, context: Any, hyperparameters: Optional[Dict[str,
   """The trial summary (`trial_summary.json`); `context` is the `evaluation.TrialContext`."""
   workload, settings = context.workload, context.settings
   last = state.last_metrics
+  degraded = state.degraded_layers(settings.max_consecutive_rejections)
   return {
       'workload': workload.workload_name,
       'workload_variant': workload.variant_name,
@@ -126,6 +142,14 @@ def summary(state: TrialState, context: Any, hyperparameters: Optional[Dict[str,
       'total_duration': context.clock.total(),
       'time_split': dict(context.clock.buckets),
       'steps_per_phase': dict(state.phase_steps),
+      'compile_steps_per_phase': dict(state.compile_steps),
+      'preemption_count': state.preemption_count,
+      'rejected_updates': sum(state.rejected_updates.values()),
+      'rejected_updates_per_layer': dict(state.rejected_updates),
+      'max_consecutive_rejections_per_layer': dict(state.max_consecutive_rejections),
+      'max_consecutive_rejections_allowed': settings.max_consecutive_rejections,
+      'degraded': bool(degraded),
+      'degraded_layers': degraded,
       'max_runtime_sec': context.budget,
       'max_global_steps': settings.max_global_steps,
   }

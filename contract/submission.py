@@ -5,7 +5,9 @@ A submission is a plain module. Required (AlgoPerf): `get_batch_size`, `init_opt
 `update_params`, `data_selection`. Optional, with the default the runner uses when the module has
 none: `prepare_for_eval` (AlgoPerf v0.6; default: pass-through), `get_eval_batch_size` (AlgoPerf;
 default: the workload's `eval_batch_size`), and this project's `step_phase(global_step,
-hyperparameters) -> str` (the name of the time bucket a step is booked to; default `'step'`).
+hyperparameters) -> str` (the name of the time bucket a step is booked to; default `'step'`) and
+`diagnostics(optimizer_state) -> dict` (what the runner records about the optimiser's health;
+default `{}`).
 `update_params` may take a `train_state` keyword (AlgoPerf): the runner passes a read-only view of
 the trial's bookkeeping when the signature names it.
 
@@ -81,6 +83,20 @@ def step_phase(global_step: int, hyperparameters: Hyperparameters) -> str:
   return DEFAULT_STEP_PHASE
 
 
+def diagnostics(optimizer_state: OptimizerState) -> Dict[str, Any]:
+  """The default: nothing to report. Called by the runner off the clock, after a run's first
+  step and at every evaluation. Every key is optional:
+
+    `curvature_report`: str, the optimiser's curvature report (written to the trial's folder);
+    `curvature_report_rows`: [{'parameter', 'block', 'fallback', ...}], the same as records;
+    `rejected_updates`: {layer: int}, non-finite curvature updates rejected so far;
+    `consecutive_rejected_updates`: {layer: int}, rejections since the layer's last accepted
+      statistics update (a trial is marked degraded when one exceeds the runner's limit).
+  """
+  del optimizer_state
+  return {}
+
+
 REQUIRED_FUNCTIONS = ('get_batch_size', 'init_optimizer_state', 'update_params',
                       'data_selection')
 
@@ -94,6 +110,7 @@ class Submission(NamedTuple):
   data_selection: DataSelectionFn
   prepare_for_eval: PrepareForEvalFn
   step_phase: StepPhaseFn
+  diagnostics: Callable[[OptimizerState], Dict[str, Any]]
   get_eval_batch_size: Optional[GetBatchSizeFn]  # None: the workload's eval_batch_size.
   update_params_takes_train_state: bool
 
@@ -122,5 +139,6 @@ def bind(module: types.ModuleType, name: str) -> Submission:
       data_selection=functions['data_selection'],
       prepare_for_eval=functions.get('prepare_for_eval') or prepare_for_eval,
       step_phase=functions.get('step_phase') or step_phase,
+      diagnostics=functions.get('diagnostics') or diagnostics,
       get_eval_batch_size=functions.get('get_eval_batch_size'),
       update_params_takes_train_state='train_state' in inspect.signature(update).parameters)
