@@ -14,7 +14,7 @@ the global batch are the valid-count-weighted mean
 pytree of statistics with ONE all-reduce: every leaf, scaled by `n_d`, is flattened into one
 buffer with `n_d` appended, the buffer is summed over the axis (`lax.psum`), then split and
 divided by `sum_d n_d`. Communication per statistics step: one all-reduce of
-`1 + sum_layers (dim_a^2 + dim_b^2)` floats, independent of the batch size; activations and
+`(counts) + sum_layers (dim_a^2 + dim_b^2)` floats, independent of the batch size; activations and
 output gradients never leave their device. Statistics must be additive over examples (Gram
 matrices, sums, means), not per-example rows.
 
@@ -28,8 +28,8 @@ zeros, and shares them with ONE all-reduce: every result leaf is bitcast to `uin
 the axis (the owner's bits plus zeros: exact, NaNs and all) and bitcast back. Every device ends
 with every layer's new state. Communication per inverse step: one all-reduce of the new leaves'
 bytes (leaves an `invert` passes through unchanged, like a Kronecker block's factors next to
-their new eigendecompositions, are found in its jaxpr and not sent). Wall-clock of the decompositions: `max_d sum_{l owned by d} cost_l` instead of
-`sum_l cost_l`.
+their new eigendecompositions, are found in its jaxpr and not sent). Wall-clock of the
+decompositions: `max_d sum_{l owned by d} cost_l` instead of `sum_l cost_l`.
 
 Use, in a train step jitted over a `Mesh` with the batch sharded along axis `'batch'`:
 
