@@ -10,7 +10,8 @@ from benchmark.report_numbers import MEASURES, PROFILES_IMAGE, curves_image
 from benchmark.report_rendering import Block, Heading, Image, Paragraph, Table
 
 BUCKET_GROUP_ORDER = ('steps', 'compile_and_first_step', 'data_selection', 'prepare_for_eval',
-                      'optimizer_init', 'evaluation', 'logging', 'model_init_and_input_pipeline')
+                      'optimizer_init', 'evaluation', 'logging', 'model_init_and_input_pipeline',
+                      'checkpoint', 'resume')
 
 
 def _num(value: Optional[float], spec: str) -> str:
@@ -68,19 +69,24 @@ def leaderboard_blocks(rows: List[Dict[str, Any]], reference: Optional[str]) -> 
         Table(['submission', 'steps to target', 'seconds to target',
                f'steps ratio to {label}', f'seconds ratio to {label}',
                f'final validation/{metric}', 'trials reached / run', 'studies reached / run',
-               'diverged', 'failed'],
+               'diverged', 'failed', 'degraded'],
               [[r['submission'], _steps(r['steps_to_target']), _seconds(r['seconds_to_target']),
                 _ratio(r['steps_ratio_to_reference']), _ratio(r['seconds_ratio_to_reference']),
                 _num(r['final_validation_metric'], '.4f'),
                 f'{r["trials_reached"]} / {r["trials"]}',
                 f'{r["studies_reached"]} / {r["studies"]}', str(r['diverged']),
-                str(r['failed'])] for r in workload_rows])]
+                str(r['failed']), str(r['degraded'])] for r in workload_rows])]
   failures = [[r['workload'], r['submission'], str(t['study']), t['trial'], t['status'],
                _steps(t['global_steps']), t['reason']]
               for r in rows for t in r['diverged_or_failed_trials']]
   blocks.append(Heading(3, 'Diverged and failed trials'))
   blocks.append(Table(['workload', 'submission', 'study', 'trial', 'status', 'steps', 'reason'],
                       failures) if failures else Paragraph('None.'))
+  degraded = [[r['workload'], r['submission'], str(t['study']), t['trial'], ', '.join(t['layers']),
+               _steps(t['rejected_updates'])] for r in rows for t in r['degraded_trials']]
+  blocks.append(Heading(3, 'Degraded trials (a layer\'s curvature updates rejected too long)'))
+  blocks.append(Table(['workload', 'submission', 'study', 'trial', 'layers', 'rejected updates'],
+                      degraded) if degraded else Paragraph('None.'))
   blocks += [Heading(3, 'Hyperparameters of the best trials'), Table(
       ['workload', 'submission', 'study', 'trial', 'steps to target', 'seconds to target',
        'hyperparameters'],

@@ -114,6 +114,11 @@ def _leaderboard_row(workload: str, submission: str,
       'studies_reached': sum(b is not None for b in best_per_study.values()),
       'diverged': sum(t.get('status') == STATUS_DIVERGED for t in all_trials),
       'failed': sum(t.get('status') == STATUS_FAILED for t in all_trials),
+      'degraded': sum(bool(t.get('degraded')) for t in all_trials),
+      'degraded_trials': [
+          dict(_trial_ref(t), layers=t.get('degraded_layers', []),
+               rejected_updates=t.get('rejected_updates'))
+          for t in all_trials if t.get('degraded')],
       'diverged_or_failed_trials': [
           dict(_trial_ref(t), status=t['status'], reason=t.get('reason', ''),
                global_steps=t.get('global_steps'))
@@ -177,6 +182,8 @@ def leaderboard_rows(summaries: List[Summary], reference: Optional[str] = None
   best trial's; None when the median study missed the target), final_validation_metric (of the
   representative trial), trials (run), trials_reached, studies, studies_reached, diverged and
   failed (counts), diverged_or_failed_trials (study, trial, status, reason, global_steps),
+  degraded (count of trials whose curvature stayed rejected too long), degraded_trials (study,
+  trial, layers, rejected_updates),
   best_trials (per study that reached the target: study, trial, steps and seconds to target,
   hyperparameters), self_tuning_seconds_to_target, target_metric_name, validation_target_value,
   reference_submission, steps_ratio_to_reference, seconds_ratio_to_reference.

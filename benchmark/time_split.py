@@ -13,8 +13,12 @@ def _bucket_group(bucket: str) -> str:
   return bucket.split('/', 1)[0]
 
 
-def _trials_with_bucket(trials: List[Summary], bucket: str) -> int:
-  return sum(bucket in t.get('time_split', {}) for t in trials)
+def _compile_steps(trials: List[Summary], phase: str) -> int:
+  """The first steps (with compilation) of `phase` over the trials: one per run of the process
+  (`compile_steps_per_phase`; a resumed trial compiles again), one per trial whose summary does
+  not say (older summaries: one run each)."""
+  return sum(t['compile_steps_per_phase'].get(phase, 0) if 'compile_steps_per_phase' in t
+             else f'compile_and_first_step/{phase}' in t.get('time_split', {}) for t in trials)
 
 
 def time_breakdown(trials: List[Summary]) -> Dict[str, Any]:
@@ -23,10 +27,11 @@ def time_breakdown(trials: List[Summary]) -> Dict[str, Any]:
   Returns:
     trials, global_steps, total_seconds, submission_seconds (sums over the trials);
     bucket_seconds: {bucket group ('steps', 'compile_and_first_step', 'data_selection',
-      'optimizer_init', 'evaluation', ...): seconds};
+      'optimizer_init', 'evaluation', 'checkpoint' (saving checkpoints), 'resume' (restoring one
+      and replaying the input queue), ...): seconds};
     phases: {phase: steps, step_seconds (the `steps/<phase>` bucket), compile_seconds (the
       `compile_and_first_step/<phase>` bucket), seconds_per_step (step_seconds over the steps
-      after the first; None without any), share_of_submission_time ((step + compile seconds) /
+      after each run's first; None without any), share_of_submission_time ((step + compile seconds) /
       submission seconds)};
     seconds_per_step: all phases' step seconds over their steps after the first (compilation and
       data selection excluded);
@@ -46,7 +51,7 @@ def time_breakdown(trials: List[Summary]) -> Dict[str, Any]:
   for phase, steps in sorted(phase_steps.items()):
     step_seconds = buckets.get(f'steps/{phase}', 0.0)
     compile_seconds = buckets.get(f'compile_and_first_step/{phase}', 0.0)
-    timed_steps = steps - _trials_with_bucket(trials, f'compile_and_first_step/{phase}')
+    timed_steps = steps - _compile_steps(trials, phase)
     timed_steps_total += timed_steps
     phases[phase] = {
         'steps': steps,

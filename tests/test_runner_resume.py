@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmark import checkpoint, experiment, results, submission_loader, trial, tuning
+from benchmark import (checkpoint, experiment, load_results, report, results, scoring,
+                       submission_loader, time_split, trial, tuning)
 from tests.fake_workload import FakeWorkload
 
 NESTEROV = {'learning_rate': 0.05, 'one_minus_beta1': 0.1, 'weight_decay': 1e-4,
@@ -87,6 +88,8 @@ def test_a_killed_trial_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path, ne
   assert sum(split.values()) == pytest.approx(resumed['total_duration'], rel=1e-9)
   assert resumed['compile_steps_per_phase'] == {'step': 2}  # Compiled again after the resume.
   assert clean['compile_steps_per_phase'] == {'step': 1}
+  per_step = time_split.time_breakdown([resumed])['phases']['step']['seconds_per_step']
+  assert per_step == pytest.approx(split['steps/step'] / (40 - 2))
 
 
 def test_every_row_is_written_after_its_checkpoint(tmp_path, nesterov, monkeypatch):
@@ -184,3 +187,16 @@ def test_a_submission_without_diagnostics_reports_nothing(tmp_path):
                 max_global_steps=10)
   assert result['rejected_updates'] == 0 and result['degraded'] is False
   assert not (tmp_path / results.CURVATURE_REPORT_FILE).exists()
+
+
+def test_the_report_lists_degraded_trials(tmp_path):
+  submission = _reporting(submission_loader.load_submission('tests/fake_submission.py'), 1)
+  space = tuning.parse_search_space({'learning_rate': {'feasible_points': [0.05]}})
+  settings = experiment.ExperimentSettings(
+      experiment_dir=str(tmp_path), experiment_name='exp', trial=trial.TrialSettings(
+          rng_seed=0, max_global_steps=20, max_consecutive_rejections=15))
+  experiment.run_experiment(FakeWorkload(target=0.9), submission, space, settings, lambda m: None)
+  (row,) = scoring.leaderboard_rows(load_results.load_trial_summaries(str(tmp_path / 'exp')))
+  assert row['degraded'] == 1 and row['degraded_trials'][0]['layers'] == ['Dense_0']
+  page = report.render(str(tmp_path / 'exp'), 'markdown')
+  assert 'Degraded trials' in page and '| Dense_0 | 20 |' in page
