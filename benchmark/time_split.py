@@ -17,8 +17,9 @@ def _compile_steps(trials: List[Summary], phase: str) -> int:
   """The first steps (with compilation) of `phase` over the trials: one per run of the process
   (`compile_steps_per_phase`; a resumed trial compiles again), one per trial whose summary does
   not say (older summaries: one run each)."""
+  bucket = f'compile_and_first_step/{phase}'
   return sum(t['compile_steps_per_phase'].get(phase, 0) if 'compile_steps_per_phase' in t
-             else f'compile_and_first_step/{phase}' in t.get('time_split', {}) for t in trials)
+             else bucket in t.get('time_split', {}) for t in trials)
 
 
 def time_breakdown(trials: List[Summary]) -> Dict[str, Any]:
