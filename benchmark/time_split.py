@@ -32,8 +32,8 @@ def time_breakdown(trials: List[Summary]) -> Dict[str, Any]:
       and replaying the input queue), ...): seconds};
     phases: {phase: steps, step_seconds (the `steps/<phase>` bucket), compile_seconds (the
       `compile_and_first_step/<phase>` bucket), seconds_per_step (step_seconds over the steps
-      after each run's first; None without any), share_of_submission_time ((step + compile seconds) /
-      submission seconds)};
+      after each run's first; None without any), share_of_submission_time ((step + compile
+      seconds) / submission seconds)};
     seconds_per_step: all phases' step seconds over their steps after the first (compilation and
       data selection excluded);
     submission_seconds_per_step: submission seconds / global steps (everything included).
