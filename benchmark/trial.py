@@ -224,6 +224,7 @@ def run_trial(workload: Workload, submission: Submission,
         state, model = evaluation.evaluate(context, state, model, prepare_rng, eval_rng)
       elif _checkpoint_due(context, state):
         state = resume.save(context, state, model)
+    state = diagnostics.record(context, state, model, at_evaluation=False)  # The final counts.
     state = state._replace(status=state.final_status())
   except KeyboardInterrupt:
     finish(state._replace(status=results.STATUS_INTERRUPTED, reason='interrupted by the user'),

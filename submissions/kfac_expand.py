@@ -8,10 +8,10 @@ import functools
 
 from submissions import kfac_submission
 from submissions.common import data_selection, get_batch_size, prepare_for_eval, update_params
-from submissions.kfac_submission import step_phase
+from submissions.kfac_submission import diagnostics, step_phase
 
 FLAVOUR = 'expand'
 init_optimizer_state = functools.partial(kfac_submission.init_optimizer_state, flavour=FLAVOUR)
 
 __all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_selection',
-           'prepare_for_eval', 'step_phase']
+           'prepare_for_eval', 'step_phase', 'diagnostics']

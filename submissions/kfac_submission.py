@@ -22,11 +22,15 @@ on the step's batch, with labels sampled from the model (MC Fisher). Its loss is
 training objective: the workload's loss is `summed / n_valid_examples`, K-FAC's the mean over
 examples of the per-example sum, so the mask handed to K-FAC is the label mask times
 `examples / sum(mask)` (1 for per-example masks).
+
+`diagnostics(optimizer_state)` (the runner's optional hook) gives the curvature report of the
+built optimiser and every layer's rejected (non-finite) curvature updates.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import functools
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +55,9 @@ MIN_WEIGHT_SUM = 1e-12
 OPTIONAL_SETTINGS = {'clip_update_norm': float, 'num_samples': int, 'inverse_method': str,
                      'inverse_rank': int, 'ema_decay': float, 'cov_update_every': int,
                      'inverse_update_every': int, 'warm_start_steps': int}
+# The keyword arguments of `kfac.kfac_optimizer` that `kfac.precondition` does not take.
+OPTIMIZER_ONLY_ARGUMENTS = ('learning_rate', 'momentum', 'nesterov', 'weight_decay',
+                            'clip_update_norm')
 
 
 def kfac_loss_name(loss_type: spec.LossType) -> str:
@@ -95,15 +102,14 @@ def training_logits(workload):
   return apply_fn
 
 
-def kfac_optimizer(workload, hyperparameters, flavour: str, sample_inputs: Any,
-                   sample_model_state: Any):
-  """`kfac.kfac_optimizer` on the workload's training forward pass, its layers traced on
+def kfac_optimizer_arguments(workload, hyperparameters, flavour: str, sample_inputs: Any,
+                             sample_model_state: Any) -> Dict[str, Any]:
+  """The keyword arguments of `kfac.kfac_optimizer` (beside `apply_fn`), its layers traced on
   `sample_inputs` (a batch's inputs or their shapes) and `sample_model_state`."""
   dropout_rate = _setting(hyperparameters, 'dropout_rate', None)
   options = {name: cast(getattr(hyperparameters, name))
              for name, cast in OPTIONAL_SETTINGS.items() if hasattr(hyperparameters, name)}
-  return kfac.kfac_optimizer(
-      training_logits(workload),
+  return dict(
       sample_apply_kwargs={'model_state': sample_model_state, 'rng': jax.random.PRNGKey(0),
                            'dropout_rate': dropout_rate},
       learning_rate=common.warmup_linear_decay_schedule(workload.step_hint, hyperparameters),
@@ -117,6 +123,21 @@ def kfac_optimizer(workload, hyperparameters, flavour: str, sample_inputs: Any,
       **options)
 
 
+def kfac_optimizer(workload, hyperparameters, flavour: str, sample_inputs: Any,
+                   sample_model_state: Any):
+  """`kfac.kfac_optimizer` on the workload's training forward pass (`kfac_optimizer_arguments`)."""
+  return kfac.kfac_optimizer(training_logits(workload), **kfac_optimizer_arguments(
+      workload, hyperparameters, flavour, sample_inputs, sample_model_state))
+
+
+class KfacStepFunctions(NamedTuple):
+  """`common.StepFunctions` and `report()`: the built optimiser's curvature report, computed
+  when first asked (off the clock, by `diagnostics`). Rebuilt with the functions, never saved."""
+  init: Callable[[Any], Any]
+  train_step: Callable
+  report: Callable[[], List[kfac.ReportRow]]
+
+
 def input_shapes(batch: Dict[str, Any]) -> Any:
   """The shapes and dtypes of a batch's inputs (all K-FAC's plan needs of them)."""
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
@@ -126,14 +147,36 @@ def input_shapes(batch: Dict[str, Any]) -> Any:
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng, *,
                          flavour: str) -> common.TrainState:
   """A TrainState whose K-FAC optimiser is built from the first training batch (lazily)."""
-  del model_params, rng
+  del rng
+  param_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                        model_params)
 
-  def build(batch: Dict[str, Any]) -> common.StepFunctions:
-    optimizer = kfac_optimizer(workload, hyperparameters, flavour, input_shapes(batch),
-                               model_state)
-    return common.step_functions(workload, optimizer, extra_args_fn=curvature_extra_args)
+  def build(batch: Dict[str, Any]) -> KfacStepFunctions:
+    arguments = kfac_optimizer_arguments(workload, hyperparameters, flavour, input_shapes(batch),
+                                         model_state)
+    functions = common.step_functions(
+        workload, kfac.kfac_optimizer(training_logits(workload), **arguments),
+        extra_args_fn=curvature_extra_args)
+    preconditioner = {k: v for k, v in arguments.items() if k not in OPTIMIZER_ONLY_ARGUMENTS}
+    report = functools.lru_cache(maxsize=None)(
+        lambda: kfac.curvature_report(training_logits(workload), param_shapes, **preconditioner))
+    return KfacStepFunctions(*functions, report=report)
 
   return common.lazy_train_state(build)
+
+
+def diagnostics(optimizer_state: common.TrainState) -> Dict[str, Any]:
+  """The curvature report (text and rows) once the optimiser is built (after the first step),
+  and every layer's rejected (non-finite) curvature updates, in total and since its last
+  accepted statistics update (`kfac.curvature.rejections`); `{}` before the first step."""
+  if optimizer_state.functions is None or optimizer_state.opt_state is None:
+    return {}
+  rows = optimizer_state.functions.report()
+  counts = kfac.curvature.rejections(optimizer_state.opt_state)
+  return {'curvature_report': kfac.format_curvature_report(rows),
+          'curvature_report_rows': [dict(zip(kfac.report.PRINTED_COLUMNS, row)) for row in rows],
+          'rejected_updates': {layer: int(total) for layer, (total, _) in counts.items()},
+          'consecutive_rejected_updates': {layer: int(run) for layer, (_, run) in counts.items()}}
 
 
 def step_phase(global_step: int, hyperparameters) -> str:

@@ -200,3 +200,18 @@ def test_the_report_lists_degraded_trials(tmp_path):
   assert row['degraded'] == 1 and row['degraded_trials'][0]['layers'] == ['Dense_0']
   page = report.render(str(tmp_path / 'exp'), 'markdown')
   assert 'Degraded trials' in page and '| Dense_0 | 20 |' in page
+
+
+@pytest.mark.slow  # One K-FAC compilation: about 10 s on 2 busy cores.
+def test_the_kfac_submission_reports_its_curvature_and_no_rejections(tmp_path):
+  kfac_reduce = submission_loader.load_submission('submissions/kfac_reduce.py')
+  point = dict(NESTEROV, damping=1e-3, inverse_update_every=2)
+  logs = []
+  result = trial.run_trial(FakeWorkload(target=0.9),
+                           kfac_reduce._replace(get_batch_size=lambda workload_name: 32), point,
+                           str(tmp_path), trial.TrialSettings(rng_seed=0, max_global_steps=10),
+                           log=logs.append)
+  text = (tmp_path / results.CURVATURE_REPORT_FILE).read_text()
+  assert 'Dense_0/kernel' in text and 'Dense_0/bias' in text and 'reduce' in text
+  assert any('2 parameters: 2 preconditioned' in m for m in logs)
+  assert result['rejected_updates_per_layer'] == {'Dense_0': 0} and not result['degraded']

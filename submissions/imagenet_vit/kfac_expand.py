@@ -3,8 +3,9 @@
 factors (every token an example of its own); LayerNorm parameters and the position embedding
 pass through. See submissions/kfac_submission.py."""
 
-from submissions.kfac_expand import (data_selection, get_batch_size, init_optimizer_state,
-                                     prepare_for_eval, step_phase, update_params)
+from submissions.kfac_expand import (data_selection, diagnostics, get_batch_size,
+                                     init_optimizer_state, prepare_for_eval, step_phase,
+                                     update_params)
 
 __all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_selection',
-           'prepare_for_eval', 'step_phase']
+           'prepare_for_eval', 'step_phase', 'diagnostics']
