@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # jaxlib's CPU eigh uses scipy's OpenBLAS; multi-threaded it spin-waits against XLA (see benchmark/__init__.py).
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: run test test-slow bench bench-full venv data clean study
+.PHONY: run test test-slow bench bench-full bench-scaling venv data clean study
 
 venv: $(STAMP)
 
@@ -51,6 +51,10 @@ bench: $(STAMP)
 # One training step of the full configs (ViT-S/16, WRN-16-4, ogbg GNN); full batch sizes on a GPU.
 bench-full: $(STAMP)
 	$(BIN)/python scripts/bench_full_step.py
+
+# Nesterov vs K-FAC-reduce on 1, 2, 4, 8 devices (forced host devices on a CPU): docs/bench_scaling.md and .png.
+bench-scaling: $(STAMP)
+	$(BIN)/python scripts/bench_scaling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
