@@ -121,11 +121,26 @@ def _finished(trial_dir: str, point: Optional[Dict[str, Any]], submission: Submi
     raise BenchmarkError(
         f'{trial_dir} holds a trial of submission {done.get("submission")!r}; an experiment '
         f'folder holds one submission: use another --experiment_name for {submission.name!r}')
-  if json.loads(json.dumps(point)) != done.get('hyperparameters'):
-    raise BenchmarkError(
-        f'{trial_dir} was run with other hyperparameters ({done.get("hyperparameters")}); '
-        f'use --overwrite or another --experiment_name')
+  _check_hyperparameters(trial_dir, point, done.get('hyperparameters'))
   return done
+
+
+def _check_hyperparameters(trial_dir: str, point: Optional[Dict[str, Any]], recorded: Any
+                           ) -> None:
+  if json.loads(json.dumps(point)) != recorded:
+    raise BenchmarkError(f'{trial_dir} was run with other hyperparameters ({recorded}); '
+                         f'use --overwrite or another --experiment_name')
+
+
+def _resumable(trial_dir: str, point: Optional[Dict[str, Any]], resume: bool) -> bool:
+  """Whether an unfinished trial continues from a checkpoint: resuming is on and the folder has
+  one; BenchmarkError when it was run with other hyperparameters."""
+  if not resume or not Checkpointer(os.path.join(trial_dir, results.CHECKPOINTS_DIR)).names():
+    return False
+  path = os.path.join(trial_dir, results.HPARAMS_FILE)
+  recorded = results.read_json(path) if os.path.isfile(path) else None
+  _check_hyperparameters(trial_dir, point, recorded)
+  return True
 
 
 def run_experiment(workload: Workload, submission: Submission,
@@ -157,9 +172,7 @@ def run_experiment(workload: Workload, submission: Submission,
         log(f'{prefix} already finished ({done["status"]}); skipped')
         summaries.append(done)
         continue
-      resumable = settings.trial.resume and Checkpointer(
-          os.path.join(trial_dir, results.CHECKPOINTS_DIR)).names()
-      if os.path.isdir(trial_dir) and not resumable:
+      if os.path.isdir(trial_dir) and not _resumable(trial_dir, point, settings.trial.resume):
         shutil.rmtree(trial_dir)
       os.makedirs(trial_dir, exist_ok=True)
       seed = settings.rng_seed + SEEDS_PER_STUDY * study + index

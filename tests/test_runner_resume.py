@@ -14,6 +14,7 @@ import pytest
 
 from benchmark import (checkpoint, experiment, load_results, report, results, scoring,
                        submission_loader, time_split, trial, tuning)
+from contract import errors
 from tests.fake_workload import FakeWorkload
 
 NESTEROV = {'learning_rate': 0.05, 'one_minus_beta1': 0.1, 'weight_decay': 1e-4,
@@ -138,6 +139,11 @@ def test_experiment_rerun_continues_a_killed_trial_and_writes_its_run_files(tmp_
   assert json.load(open(folder / results.SUMMARY_FILE))['preemption_count'] == 1
   assert [r['preemption_count'] for r in _rows(folder / results.MEASUREMENTS_FILE)] == [
       '0', '1', '1']
+  os.remove(folder / results.SUMMARY_FILE)  # Unfinished again, now with other hyperparameters.
+  other = tuning.parse_search_space({name: {'feasible_points': [value * 2]}
+                                     for name, value in NESTEROV.items()})
+  with pytest.raises(errors.BenchmarkError, match='other hyperparameters'):
+    experiment.run_experiment(FakeWorkload(target=0.9), nesterov, other, settings, print)
 
 
 def _reporting(submission, rejections_per_step: int):
