@@ -12,8 +12,8 @@ saved structure is rebuilt, whatever the template), its arrays (orbax) and Pytho
 The rest is not saved: each largest subtree with no array or scalar leaf (a function,
 `StepFunctions(init, train_step)`) is, at restore, the template's subtree at the same key path
 (a fresh `init_optimizer_state`'s), None where the template has none. Node types are pickled by
-reference: importable classes (a submission file's own once the runner has loaded it). `save`
-returns its seconds: the runner books them to a `checkpoint` bucket of the time split.
+reference: importable classes (a submission file's own once the runner has loaded it). The
+runner (`benchmark/resume.py`) books saving to a `checkpoint` bucket of the time split.
 """
 
 from __future__ import annotations
