@@ -9,7 +9,8 @@
 First an uninterrupted run (its wall-clock T sets the kill window). Then rounds: each round runs
 the same command with `--resume_last_run` in a fresh experiment folder, sends SIGKILL to the whole
 process group after a delay drawn uniformly from [0, T], restarts it, and so on until the trial
-finishes; kills left over go to the next round. Each finished round is compared with the clean run:
+finishes; kills left over go to the next round. A round that finishes unkilled sets T to its
+wall-clock when shorter (later runs are faster: compiled steps come from JAX's cache). Each finished round is compared with the clean run:
 the same evaluation rows (every column but the time columns and `preemption_count`, to
 `--rtol`/`--atol`), no torn row (every row has the header's number of fields), the same final
 status, global step, steps to target and final metrics. Exit status 0 when every round matches,
@@ -132,13 +133,14 @@ def compare(reference_dir: str, resumed_dir: str, rtol: float, atol: float) -> L
 
 
 def killed_round(args: argparse.Namespace, experiment_dir: str, kills_left: int, window: float,
-                 rng: random.Random) -> Tuple[int, int]:
-  """Runs one trial to its end with up to `kills_left` kills; returns (kills, starts)."""
+                 rng: random.Random) -> Tuple[int, int, float]:
+  """Runs one trial to its end with up to `kills_left` kills; returns (kills, starts, seconds
+  of the last start, which finished)."""
   kills = starts = 0
   log_path = experiment_dir + '.log'
   while True:
     process = start(run_command(args, experiment_dir, resume=True), log_path)
-    starts += 1
+    started, starts = time.monotonic(), starts + 1
     deadline = time.monotonic() + (rng.uniform(0.0, window) if kills < kills_left else math.inf)
     while process.poll() is None and time.monotonic() < deadline:
       time.sleep(0.01)
@@ -155,7 +157,7 @@ def killed_round(args: argparse.Namespace, experiment_dir: str, kills_left: int,
               f'(integration of benchmark/checkpoint.py pending).')
         raise SystemExit(2)
       raise SystemExit(f'a resumed run failed (exit {process.returncode}); log {log_path}:\n{tail}')
-    return kills, starts
+    return kills, starts, time.monotonic() - started
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -175,7 +177,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   failures: Dict[int, List[str]] = {}
   while kills < args.kills:
     experiment_dir = os.path.join(args.work_dir, f'round_{rounds}')
-    round_kills, round_starts = killed_round(args, experiment_dir, args.kills - kills, window, rng)
+    round_kills, round_starts, last_run = killed_round(args, experiment_dir, args.kills - kills,
+                                                       window, rng)
+    if round_kills == 0:  # A whole run, unkilled.
+      window = min(window, last_run)
     problems = compare(reference_dir, experiment_dir, args.rtol, args.atol)
     with open(trial_files(experiment_dir)[1]) as f:
       preemptions = json.load(f).get('preemption_count')
