@@ -6,16 +6,16 @@
       --max_global_steps=200 --eval_period_steps=20 --work_dir=/tmp/kill_resume
   python scripts/kill_resume.py --quick   # 2 kills of a 30-step run: a smoke test of the harness
 
-First an uninterrupted run (its wall-clock T sets the kill window). Then rounds: each round runs
-the same command with `--resume_last_run` in a fresh experiment folder, sends SIGKILL to the whole
+First an uninterrupted run (its wall-clock T sets the kill window). Then rounds: each round runs the
+same command with `--resume_last_run` in a fresh experiment folder, sends SIGKILL to the whole
 process group after a delay drawn uniformly from [0, T], restarts it, and so on until the trial
-finishes; kills left over go to the next round. A round that finishes unkilled sets T to its
-wall-clock when shorter (later runs are faster: compiled steps come from JAX's cache). Each
-finished round is compared with the clean run: the same evaluation rows (every column but the time columns and `preemption_count`, to
-`--rtol`/`--atol`), no torn row (every row has the header's number of fields), the same final
-status, global step, steps to target and final metrics. Exit status 0 when every round matches,
-1 when one differs, 2 when `kfac-bench run` has no `--resume_last_run` (the runner does not
-checkpoint yet).
+finishes; kills left over go to the next round. A round that finishes unkilled sets T to its wall-
+clock when shorter (later runs are faster: compiled steps come from JAX's cache). Each finished
+round is compared with the clean run: the same evaluation rows (every column but the time columns
+and `preemption_count`, to `--rtol`/`--atol`), no torn row (every row has the header's number of
+fields), the same final status, global step, steps to target and final metrics. Exit status 0 when
+every round matches, 1 when one differs, 2 when `kfac-bench run` has no `--resume_last_run` (the
+runner does not checkpoint yet).
 """
 
 from __future__ import annotations
