@@ -9,8 +9,8 @@
 First an uninterrupted run (its wall-clock T sets the kill window). Then rounds: each round runs the
 same command with `--resume_last_run` in a fresh experiment folder, sends SIGKILL to the whole
 process group after a delay drawn uniformly from [0, T], restarts it, and so on until the trial
-finishes; kills left over go to the next round. A round that finishes unkilled sets T to its wall-
-clock when shorter (later runs are faster: compiled steps come from JAX's cache). Each finished
+finishes; kills left over go to the next round. A round that finishes unkilled sets T to its
+wall-clock when shorter (later runs are faster: compiled steps come from JAX's cache). Each finished
 round is compared with the clean run: the same evaluation rows (every column but the time columns
 and `preemption_count`, to `--rtol`/`--atol`), no torn row (every row has the header's number of
 fields), the same final status, global step, steps to target and final metrics. Exit status 0 when
