@@ -5,10 +5,10 @@ The kill is an exception no `except` of the runner catches (like `kill -9`, noth
 after it); `scripts/kill_resume.py` does it with SIGKILL on whole processes."""
 
 import csv
+import errno
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import pytest
 
@@ -221,3 +221,30 @@ def test_the_kfac_submission_reports_its_curvature_and_no_rejections(tmp_path):
   assert 'Dense_0/kernel' in text and 'Dense_0/bias' in text and 'reduce' in text
   assert any('2 parameters: 2 preconditioned' in m for m in logs)
   assert result['rejected_updates_per_layer'] == {'Dense_0': 0} and not result['degraded']
+
+
+def test_a_full_disk_at_a_checkpoint_stops_the_trial_and_keeps_what_was_written(tmp_path,
+                                                                                 monkeypatch):
+  saves = []
+  save = checkpoint.ocp.Checkpointer.save
+
+  def second_save_fails(self, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 2:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return save(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.ocp.Checkpointer, 'save', second_save_fails)
+  submission = submission_loader.load_submission('tests/fake_submission.py')
+  with pytest.raises(errors.BenchmarkError, match='disk is full'):
+    _run(tmp_path, submission, max_global_steps=30)
+  summary = json.load(open(tmp_path / results.SUMMARY_FILE))
+  assert summary['status'] == results.STATUS_FAILED and 'disk is full' in summary['reason']
+  # The row of step 20 waits for its checkpoint: only step 10's row and checkpoint are on disk.
+  assert [r['global_step'] for r in _rows(tmp_path / results.MEASUREMENTS_FILE)] == ['10']
+  monkeypatch.undo()
+  os.remove(tmp_path / results.SUMMARY_FILE)
+  logs = []
+  resumed = _run(tmp_path, submission, logs, max_global_steps=30)
+  assert any('from step 10 (preemption 1)' in m for m in logs)
+  assert resumed['global_steps'] == 30 and resumed['num_evals'] == 3
