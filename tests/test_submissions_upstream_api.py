@@ -25,10 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDER_WORKLOADS = {'ogbg_molpcba': 'ogbg', 'imagenet_vit': 'imagenet_vit', 'cifar_wrn': 'cifar'}
 SUBMISSION_FUNCTIONS = ('get_batch_size', 'init_optimizer_state', 'update_params',
                         'data_selection', 'prepare_for_eval')
-# Compiling K-FAC for the tiny ViT and WRN takes minutes on a loaded CPU: one of them runs in the
-# default suite (the WRN's, whose model state is BatchNorm's), the others with `make test-slow`.
-SLOW = {'submissions.imagenet_vit.kfac_expand', 'submissions.imagenet_vit.kfac_reduce',
-        'submissions.cifar_wrn.kfac_expand'}
+# Compiling a curvature optimiser for the tiny ViT and WRN takes minutes on a loaded CPU: on the
+# image workloads the default suite runs the references and K-FAC-reduce on the WRN (whose model
+# state is BatchNorm's); the other curvature submissions there run with `make test-slow` (on
+# ogbg every module runs in the default suite).
+FAST_IMAGE_MODULES = {'nesterov', 'nadamw', 'cifar_wrn.kfac_reduce'}
 
 
 def submission_modules():
@@ -43,8 +44,13 @@ def submission_modules():
   return found
 
 
+def is_slow(module_name: str) -> bool:
+  _, folder, name = module_name.split('.')
+  return folder != 'ogbg_molpcba' and not {name, f'{folder}.{name}'} & FAST_IMAGE_MODULES
+
+
 def per_workload_modules():
-  return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+  return [pytest.param(name, marks=pytest.mark.slow) if is_slow(name) else name
           for name in submission_modules() if name.count('.') == 2]
 
 
