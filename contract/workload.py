@@ -89,7 +89,7 @@ class Workload(metaclass=abc.ABCMeta):
 
   @property
   def variant_name(self) -> str:
-    """`ogbg_molpcba` for the full config, `ogbg_molpcba_small` etc. otherwise."""
+    """`ogbg` for the full config, `ogbg_small`, `ogbg_tiny` etc. otherwise (`<base>_<config>`)."""
     if self.config_name == 'full':
       return self.workload_name
     return f'{self.workload_name}_{self.config_name}'
