@@ -24,10 +24,13 @@ import jax
 import jax.numpy as jnp
 
 from kfac import blocks, curvature, defaults, factors, layers, losses, tracing
+from kfac.blocks.lowrank import brand_rows_note
 from kfac.param_paths import LayerPath, ParamPath, match_pattern
 
 # Blocks that store the full `[d, d]` factors, and so honour `max_factor_dim` per side.
-DENSE_FACTOR_METHODS = ('eigh', 'pi_eigh', 'cholesky')
+DENSE_FACTOR_METHODS = ('eigh', 'pi_eigh', 'cholesky', 'rsvd', 'brand_rsvd')
+# Blocks updated from the batch's rows by Brand's update (`LayerPlan.notes` when too many).
+BRAND_METHODS = ('brand', 'brand_rsvd')
 FALLBACK_METHODS = ('diagonal', 'identity')
 
 
@@ -46,6 +49,8 @@ class PreconditionOptions(NamedTuple):
       'cholesky' (`(A + d_A I)^-1 kron (B + d_B I)^-1`, damping split by pi), ...
     inverse_method_overrides: `{fnmatch pattern on 'A/B/Dense_0': method}`, first match wins.
     inverse_rank, inverse_oversampling, inverse_power_iterations: low-rank blocks' settings.
+    lowrank_damping, brand_max_rows: low-rank blocks' damping form and Brand's row limit
+      (`kfac.blocks.BlockOptions`).
     ema_decay: decay of the statistics' average (the first updates are averaged).
     cov_update_every: T_cov, statistics are computed on steps 0, T_cov, 2 T_cov, ...
     inverse_update_every: T_inv, inverses are refreshed on steps 0, T_inv, 2 T_inv, ...
@@ -73,6 +78,8 @@ class PreconditionOptions(NamedTuple):
   inverse_rank: int = blocks.BlockOptions().rank
   inverse_oversampling: int = blocks.BlockOptions().oversampling
   inverse_power_iterations: int = blocks.BlockOptions().power_iterations
+  lowrank_damping: str = blocks.BlockOptions().lowrank_damping
+  brand_max_rows: int = blocks.BlockOptions().brand_max_rows
   ema_decay: float = defaults.EMA_DECAY
   cov_update_every: int = defaults.COV_UPDATE_EVERY
   inverse_update_every: int = defaults.INVERSE_UPDATE_EVERY
@@ -111,6 +118,8 @@ class LayerPlan(NamedTuple):
     forms: `(form of A, form of B)` of the Kronecker-factored blocks.
     block: the `kfac.blocks.CurvatureBlock`.
     fallbacks: every fallback (empty when none).
+    notes: what the report should say about the block's cost (a Brand block fed more rows
+      per batch than pays off, `kfac.blocks.lowrank.brand_rows_note`); empty when none.
   """
 
   info: tracing.LayerInfo
@@ -119,6 +128,7 @@ class LayerPlan(NamedTuple):
   forms: Tuple[str, str]
   block: blocks.CurvatureBlock
   fallbacks: Tuple[Fallback, ...]
+  notes: Tuple[str, ...] = ()
 
 
 class Plan(NamedTuple):
@@ -193,7 +203,8 @@ def layer_plan(info: tracing.LayerInfo, flavour: str, options: PreconditionOptio
   block_options = blocks.BlockOptions(
       dtype=options.state_dtype, eigh_dtype=options.eigh_dtype, rank=options.inverse_rank,
       oversampling=options.inverse_oversampling,
-      power_iterations=options.inverse_power_iterations, forms=forms)
+      power_iterations=options.inverse_power_iterations, forms=forms,
+      lowrank_damping=options.lowrank_damping, brand_max_rows=options.brand_max_rows)
   try:
     block = blocks.make_block(method, dim_a, dim_b, block_options)
   except blocks.UnsupportedLayer as error:
@@ -203,6 +214,30 @@ def layer_plan(info: tracing.LayerInfo, flavour: str, options: PreconditionOptio
     block = blocks.make_block(kind, dim_a, dim_b, block_options._replace(forms=forms))
   return LayerPlan(info=info, flavour=flavour, method=method, forms=forms, block=block,
                    fallbacks=fallbacks)
+
+
+def statistics_rows(info: tracing.LayerInfo, flavour: str, num_examples: int,
+                    options: PreconditionOptions) -> Tuple[int, Optional[int]]:
+  """Rows per batch of the layer's `a_rows` and `g_rows` (`kfac.layers`): reduce `N`, expand
+  `sum_calls T R`; `g_rows` has `M` times as many (`M` = `num_samples` for 'mc', 1 for
+  'empirical'; None for 'type2', whose `M` is the output's width)."""
+  if flavour == 'reduce':
+    rows_a = num_examples
+  else:
+    rows_a = sum(call.num_rows * layers.num_positions(info, call) for call in info.calls)
+  columns = {'mc': options.num_samples, 'empirical': 1}.get(options.fisher_type)
+  return rows_a, None if columns is None else rows_a * columns
+
+
+def brand_notes(layer: LayerPlan, num_examples: int, options: PreconditionOptions
+                ) -> Tuple[str, ...]:
+  """`brand_rows_note` of each side of a Brand block fed too many rows (else empty)."""
+  if layer.method not in BRAND_METHODS:
+    return ()
+  rows = statistics_rows(layer.info, layer.flavour, num_examples, options)
+  notes = [(side, brand_rows_note(dim, options.inverse_rank, side_rows, options.brand_max_rows))
+           for side, dim, side_rows in zip('AB', layer.info.dims, rows) if side_rows is not None]
+  return tuple(f'{side}: {note}' for side, note in notes if note)
 
 
 def strict_problems(plan: Plan) -> Tuple[str, ...]:
@@ -219,8 +254,11 @@ def make_plan(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inputs: An
   """Trace the model (shapes only) and decide every layer's block; raise in strict mode."""
   report = tracing.layer_report(apply_fn, params, inputs, graph_rows=options.graph_rows)
   flavours = factors.layer_flavours(report, options.flavour, options.flavour_overrides)
-  plan = Plan(report=report, layers={path: layer_plan(info, flavours[path], options)
-                                     for path, info in report.layers.items()})
+  planned = {path: layer_plan(info, flavours[path], options)
+             for path, info in report.layers.items()}
+  plan = Plan(report=report, layers={
+      path: layer._replace(notes=brand_notes(layer, report.num_examples, options))
+      for path, layer in planned.items()})
   problems = strict_problems(plan)
   if options.strict and problems:
     raise ValueError('kfac strict mode: fallbacks are not allowed:\n  ' + '\n  '.join(problems))

@@ -23,7 +23,8 @@ class ReportRow(NamedTuple):
     layer: the module path of its block (`''` for `'none'`).
     flavour: `'expand'` or `'reduce'` (`''` for `'none'`).
     factors: e.g. `'A [65, 65] full, B [10] diagonal'` (`''` for `'none'`).
-    fallback: `''`, or what was downgraded and why (also why a parameter is not covered).
+    fallback: `''`, or what was downgraded and why (also why a parameter is not covered), and
+      the plan's notes on the block's cost (`kfac.plan.LayerPlan.notes`).
     fallbacks: the structured `kfac.plan.Fallback`s of its layer (not printed).
     refused: whether its module is a Dense/DenseGeneral/Conv K-FAC cannot cover (not printed).
   """
@@ -60,7 +61,8 @@ def report_rows(plan: planning.Plan, params: Any) -> List[ReportRow]:
       if param_path is not None:
         covered[param_path] = (layer.method, '/'.join(path), layer.flavour,
                                _factors_description(layer),
-                               '; '.join(map(str, layer.fallbacks)), layer.fallbacks)
+                               '; '.join([*map(str, layer.fallbacks), *layer.notes]),
+                               layer.fallbacks)
   rows = []
   for param_path, leaf in leaves_by_param_path(params).items():
     block = covered.get(param_path)

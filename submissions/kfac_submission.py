@@ -11,8 +11,9 @@ Hyperparameters (JSON search spaces): the Nesterov reference's (`learning_rate`,
 `one_minus_beta1`, `weight_decay`, `warmup_factor`, `decay_steps_factor`, `end_factor`,
 `label_smoothing`, `dropout_rate`) plus `damping` and, optionally, `cov_update_every` (T_cov),
 `inverse_update_every` (T_inv), `ema_decay`, `clip_update_norm`, `num_samples`,
-`inverse_method`, `inverse_rank`, `warm_start_steps` (statistics and inverses on every step
-before it): `OPTIONAL_SETTINGS`. Absent ones take `kfac.defaults`.
+`inverse_method`, `inverse_rank`, `lowrank_damping`, `brand_max_rows`, `warm_start_steps`
+(statistics and inverses on every step before it): `OPTIONAL_SETTINGS`. Absent ones take
+`kfac.defaults`.
 
 The optimiser is built from the first batch `update_params` sees (its input shapes; no second
 input pipeline), once: its layer plan is traced then and reused. The curvature pass is the
@@ -54,7 +55,8 @@ MIN_WEIGHT_SUM = 1e-12
 # types); absent ones take `kfac.defaults`.
 OPTIONAL_SETTINGS = {'clip_update_norm': float, 'num_samples': int, 'inverse_method': str,
                      'inverse_rank': int, 'ema_decay': float, 'cov_update_every': int,
-                     'inverse_update_every': int, 'warm_start_steps': int}
+                     'inverse_update_every': int, 'warm_start_steps': int,
+                     'lowrank_damping': str, 'brand_max_rows': int}
 # The keyword arguments of `kfac.kfac_optimizer` that `kfac.precondition` does not take.
 OPTIMIZER_ONLY_ARGUMENTS = ('learning_rate', 'momentum', 'nesterov', 'weight_decay',
                             'clip_update_norm')
@@ -144,9 +146,19 @@ def input_shapes(batch: Dict[str, Any]) -> Any:
                                 batch['inputs'])
 
 
+LayerOverrides = Callable[[Callable[[Any, Any], jax.Array], Any, Any], Dict[str, Any]]
+
+
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng, *,
-                         flavour: str) -> common.TrainState:
-  """A TrainState whose K-FAC optimiser is built from the first training batch (lazily)."""
+                         flavour: str, inverse_method: Optional[str] = None,
+                         layer_overrides: Optional[LayerOverrides] = None) -> common.TrainState:
+  """A TrainState whose K-FAC optimiser is built from the first training batch (lazily).
+
+  `inverse_method` is the submission's block where the hyperparameters name none;
+  `layer_overrides(apply_fn, param_shapes, sample_inputs)` (once, at the build) gives per-layer
+  options (e.g. MAC's `inverse_method_overrides` and `flavour_overrides` of the input layers)
+  for `apply_fn(params, inputs)`, the traced training forward pass.
+  """
   del rng
   param_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                         model_params)
@@ -154,6 +166,13 @@ def init_optimizer_state(workload, model_params, model_state, hyperparameters, r
   def build(batch: Dict[str, Any]) -> KfacStepFunctions:
     arguments = kfac_optimizer_arguments(workload, hyperparameters, flavour, input_shapes(batch),
                                          model_state)
+    if inverse_method is not None:
+      arguments.setdefault('inverse_method', inverse_method)
+    if layer_overrides is not None:
+      sample_kwargs = arguments['sample_apply_kwargs']
+      arguments.update(layer_overrides(
+          lambda p, x: training_logits(workload)(p, x, **sample_kwargs), param_shapes,
+          arguments['sample_inputs']))
     functions = common.step_functions(
         workload, kfac.kfac_optimizer(training_logits(workload), **arguments),
         extra_args_fn=curvature_extra_args)

@@ -1,0 +1,10 @@
+"""K-FAC-reduce with Brand-updated low-rank factors (B-KFAC) on the CIFAR-10 Wide ResNet: every
+convolution and the classifier, reduce rows (one row per image). See
+submissions/kfac_reduce_brand.py."""
+
+from submissions.kfac_reduce_brand import (data_selection, diagnostics, get_batch_size,
+                                           init_optimizer_state, prepare_for_eval, step_phase,
+                                           update_params)
+
+__all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_selection',
+           'prepare_for_eval', 'step_phase', 'diagnostics']

@@ -1,0 +1,10 @@
+"""MAC (mean-activation curvature) on the ImageNet ViT: the patch embedding, attention q/k/v/out
+projections, MLP blocks, pre-logits and head preconditioned by their mean activation, the layers
+reading the model input by the exact input covariance. See submissions/mac.py."""
+
+from submissions.mac import (data_selection, diagnostics, get_batch_size,
+                             init_optimizer_state, prepare_for_eval, step_phase,
+                             update_params)
+
+__all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_selection',
+           'prepare_for_eval', 'step_phase', 'diagnostics']
