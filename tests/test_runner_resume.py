@@ -218,9 +218,11 @@ def test_the_kfac_submission_reports_its_curvature_and_no_rejections(tmp_path):
                            str(tmp_path), trial.TrialSettings(rng_seed=0, max_global_steps=10),
                            log=logs.append)
   text = (tmp_path / results.CURVATURE_REPORT_FILE).read_text()
-  assert 'Dense_0/kernel' in text and 'Dense_0/bias' in text and 'reduce' in text
-  assert any('2 parameters: 2 preconditioned' in m for m in logs)
-  assert result['rejected_updates_per_layer'] == {'Dense_0': 0} and not result['degraded']
+  rows = [line.split() for line in text.splitlines()[2:]]  # Below the header and its rule.
+  assert sorted(row[0].rsplit('/', 1)[-1] for row in rows) == ['bias', 'kernel']
+  assert all(row[2] == 'eigh' and 'reduce' in row for row in rows)
+  assert any('2 parameters: 2 preconditioned (eigh 2)' in m for m in logs)
+  assert list(result['rejected_updates_per_layer'].values()) == [0] and not result['degraded']
 
 
 def test_a_full_disk_at_a_checkpoint_stops_the_trial_and_keeps_what_was_written(tmp_path,
