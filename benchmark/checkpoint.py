@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from benchmark import hosts
 from contract.errors import BenchmarkError
 
 _NAME = re.compile(r'^ckpt_(\d{8})$')
@@ -257,25 +258,25 @@ class MeasurementsWriter:
     if new_file:
       self.columns = sorted(row)
     line = [row.get(c, '') for c in self.columns]
-    self._append([self.columns, line] if new_file else [line], truncate=new_file)
+    if hosts.is_writer():  # Several processes: process 0 writes.
+      self._append([self.columns, line] if new_file else [line], truncate=new_file)
     self.rows += 1
 
   def resume(self, rows_before: int, pending_row: Optional[Mapping[str, Any]] = None) -> None:
-    """Cuts the file back to its header and first `rows_before` complete rows (dropping rows of
-    evaluations after the checkpoint and any torn row), then appends `pending_row`."""
+    """Keeps the header and the first `rows_before` rows (later, torn go), appends `pending_row`."""
     lines = []
     if os.path.isfile(self.path):
       with open(self.path, 'rb') as f:
         lines = f.read().split(b'\n')[:-1]  # The last piece has no newline: torn or empty.
     if rows_before > max(len(lines) - 1, 0):
       raise BenchmarkError(f'{self.path} lost rows: the checkpoint follows {rows_before} rows')
-    self.columns, self.rows = None, rows_before
-    if lines and rows_before > 0:
-      self.columns = next(csv.reader([lines[0].decode('utf-8')]))
+    self.rows = rows_before
+    self.columns = next(csv.reader([lines[0].decode('utf-8')])) if lines and rows_before else None
+    if self.columns and hosts.is_writer():
       with open(self.path, 'r+b') as f:  # One truncate: a kill leaves the old or new length.
         f.truncate(sum(len(line) + 1 for line in lines[:rows_before + 1]))
         os.fsync(f.fileno())
-    elif os.path.exists(self.path):
+    elif os.path.exists(self.path) and hosts.is_writer():
       os.remove(self.path)
     if pending_row is not None:
       self.write(pending_row)

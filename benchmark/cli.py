@@ -69,6 +69,16 @@ flags.DEFINE_integer('checkpoints_to_keep', 2, 'Newest checkpoints kept per tria
                      'that a corrupt one falls back to the previous).')
 flags.DEFINE_integer('max_consecutive_rejections', 10, 'A trial in which a layer\'s curvature '
                      'update was rejected (non-finite) more times in a row is marked degraded.')
+flags.DEFINE_string('compilation_cache_dir', None, 'JAX\'s persistent compilation cache (trials '
+                    '2..n and reruns load compiled steps); default $XDG_CACHE_HOME/kfac-bench/jax '
+                    '(~/.cache/kfac-bench/jax); an empty value turns it off.')
+flags.DEFINE_string('coordinator_address', None, 'Several processes (hosts): host:port of '
+                    'process 0, given to jax.distributed.initialize with --num_processes and '
+                    '--process_id. Inside a SLURM job step of several tasks they come from '
+                    'SLURM\'s environment (docs/scaling.md).')
+flags.DEFINE_integer('num_processes', None, 'Several processes: how many (see '
+                     '--coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'Several processes: this one\'s index, 0 writes files.')
 flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'], 'Output format of report/describe.')
 flags.DEFINE_string('out', None, 'report: also write report.md, report.html (self-contained), '
                     'report.json (the full report) and the PNG plots to this folder.')
@@ -133,12 +143,16 @@ def _settings():
 
 
 def cmd_run(args: List[str]) -> int:
-  from benchmark import report, submission_loader, tuning
+  from benchmark import hosts, report, submission_loader, tuning
   from benchmark.experiment import experiment_root, run_experiment
   if args:
     raise BenchmarkError(f'unexpected arguments to run: {" ".join(args)}')
   if FLAGS.framework != 'jax':
     raise BenchmarkError(f'--framework={FLAGS.framework}: only jax submissions run here')
+  hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  hosts.enable_compilation_cache(hosts.default_compilation_cache_dir()
+                                 if FLAGS.compilation_cache_dir is None
+                                 else FLAGS.compilation_cache_dir)
   workload = _workload()
   workload.check_data_available()
   submission = submission_loader.load_submission(_require('submission_path'))
@@ -148,7 +162,8 @@ def cmd_run(args: List[str]) -> int:
                   else tuning.load_search_space(_require('tuning_search_space')))
   settings = _settings()
   run_experiment(workload, submission, search_space, settings, log=_log)
-  print(report.render(experiment_root(settings), 'leaderboard'))
+  if hosts.is_writer():
+    print(report.render(experiment_root(settings), 'leaderboard'))
   return 0
 
 
@@ -194,7 +209,10 @@ def cmd_build_data(args: List[str]) -> int:
 
 
 def _log(message: str) -> None:
-  print(message, flush=True)
+  """Prints on process 0 (the only one of a single-process run)."""
+  from benchmark import hosts
+  if hosts.is_writer():
+    print(message, flush=True)
 
 
 def main(argv: List[str]) -> int:

@@ -15,7 +15,7 @@ import collections
 import os
 from typing import Any, Dict, List, Mapping
 
-from benchmark import results
+from benchmark import hosts, results
 from benchmark.trial_state import Model, TrialState
 
 
@@ -31,6 +31,8 @@ def report_summary(rows: List[Mapping[str, Any]]) -> str:
 
 
 def _write_report(path: str, text: str) -> None:
+  if not hosts.is_writer():  # Several processes: process 0 writes.
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(text.rstrip('\n') + '\n')

@@ -65,6 +65,9 @@ def environment_metadata() -> Dict[str, Any]:
       'optax': package_version('optax'),
       'device_kind': devices[0].device_kind,
       'device_count': len(devices),
+      'num_devices': len(devices),  # The mesh of the data-parallel train step: all devices.
+      'num_processes': jax.process_count(),
+      'process_index': jax.process_index(),
       'backend': jax.default_backend(),
       'jax_default_matmul_precision': str(jax.config.jax_default_matmul_precision),
       'jax_enable_x64': bool(jax.config.jax_enable_x64),

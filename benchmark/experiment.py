@@ -22,7 +22,7 @@ import os
 import shutil
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from benchmark import environment, results, tuning
+from benchmark import environment, hosts, results, tuning
 from benchmark.checkpoint import Checkpointer
 from benchmark.trial import SELF_TUNING_BUDGET_FACTOR, TrialSettings, run_trial
 from contract.errors import BenchmarkError
@@ -154,11 +154,13 @@ def run_experiment(workload: Workload, submission: Submission,
   """
   _check_ruleset(search_space, settings)
   root = experiment_root(settings)
-  if settings.overwrite:
+  writer = hosts.is_writer()  # Several processes: process 0 changes the folder, the others wait.
+  if settings.overwrite and writer:
     pattern = os.path.join(root, 'study_*', results.workload_dir_name(workload.variant_name))
     for folder in glob.glob(pattern):
       shutil.rmtree(folder)
-  _check_writable(root)
+  if writer:
+    _check_writable(root)
   budget_factor = SELF_TUNING_BUDGET_FACTOR if settings.tuning_ruleset == 'self' else 1.0
   summaries = []
   for study in range(settings.num_studies):
@@ -167,15 +169,19 @@ def run_experiment(workload: Workload, submission: Submission,
                                          settings.hparam_end_index):
       trial_dir = results.trial_dir(root, study, workload.variant_name, index + 1)
       prefix = f'[{submission.name} study {study} trial {index + 1}/{len(points)}]'
+      hosts.barrier(f'before {trial_dir}')  # The previous trial's files are written.
       done = _finished(trial_dir, point, submission)
       if done is not None:
         log(f'{prefix} already finished ({done["status"]}); skipped')
         summaries.append(done)
         continue
-      if os.path.isdir(trial_dir) and not _resumable(trial_dir, point, settings.trial.resume):
+      if (writer and os.path.isdir(trial_dir)
+          and not _resumable(trial_dir, point, settings.trial.resume)):
         shutil.rmtree(trial_dir)
       os.makedirs(trial_dir, exist_ok=True)
       seed = settings.rng_seed + SEEDS_PER_STUDY * study + index
+      hosts.agree(f'trial {trial_dir}: seed {seed}, hyperparameters '
+                  f'{json.dumps(point, sort_keys=True)}')  # Also waits for the folder.
       trial_settings = dataclasses.replace(settings.trial, rng_seed=seed,
                                            budget_factor=budget_factor)
 

@@ -20,6 +20,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from benchmark import hosts
 from contract.errors import BenchmarkError
 
 MEASUREMENTS_FILE = 'eval_measurements.csv'
@@ -76,7 +77,10 @@ def index_of(folder_name: str, prefix: str) -> Optional[int]:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as indented JSON atomically (a temporary file, then a rename)."""
+  """Writes `obj` as indented JSON atomically (a temporary file, then a rename); on process 0
+  only when several processes run (`hosts.is_writer`)."""
+  if not hosts.is_writer():
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=json_default)

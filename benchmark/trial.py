@@ -28,6 +28,7 @@ from benchmark import diagnostics, evaluation, results, resume, tuning
 from benchmark.checkpoint import Checkpointer, MeasurementsWriter, ResumableQueue
 from benchmark.clock import Clock
 from benchmark.trial_state import Model, TrialState, summary
+from contract import sharding
 from contract.errors import BenchmarkError, TrainingCompleteError
 from contract.submission import Submission
 from contract.workload import Workload
@@ -135,14 +136,15 @@ def _start(context: evaluation.TrialContext, checkpoints: Optional[Checkpointer]
   # As upstream: one split first mixes the seed's two 32-bit words (PRNGKey(seed)[0] is 0).
   rng, _ = jax.random.split(jax.random.PRNGKey(settings.rng_seed))
   data_rng, opt_init_rng, model_init_rng, rng = jax.random.split(rng, 4)
-  params, model_state = workload.init_model_fn(model_init_rng)
+  size = evaluation.batch_size(submission, workload)
+  sharding.check_divisible(size, f'global batch size of {submission.name}')
+  params, model_state = sharding.replicate(workload.init_model_fn(model_init_rng))
   clock.book('model_init_and_input_pipeline')
   # Also the template of a restored optimiser state (its functions, for instance).
   model = Model(submission.init_optimizer_state(workload, params, model_state, context.hparams,
                                                 opt_init_rng), params, model_state)
   clock.book('optimizer_init')  # Outside the clock, as upstream.
   found = None if checkpoints is None else checkpoints.latest(model.optimizer_state)
-  size = evaluation.batch_size(submission, workload)
   queue = ResumableQueue(lambda: workload.build_input_queue(data_rng, 'train', workload.data_dir,
                                                             size),
                          skip=0 if found is None else found.batches_drawn)
@@ -151,8 +153,8 @@ def _start(context: evaluation.TrialContext, checkpoints: Optional[Checkpointer]
     context.writer.resume(0)  # A fresh start: no rows of an earlier run stay.
     return (context._replace(input_queue=queue, rng=rng),
             TrialState(last_checkpoint_end=clock.last), model)
-  # Restored arrays land on the default device: a sharded run places them again here.
-  model = Model(found.optimizer_state, found.params, found.model_state)
+  # Restored arrays land on the default device: replicated over the mesh again.
+  model = Model(*sharding.replicate((found.optimizer_state, found.params, found.model_state)))
   context.writer.resume(found.csv_rows_before, found.csv_row)
   state = resume.resumed(found, clock)
   context.log(f'{context.log_prefix} resuming {context.trial_dir} from step {found.global_step} '

@@ -115,12 +115,13 @@ def image_batch(workload: Workload, batch_size: int, rng: np.random.Generator
 
 def molecule_batch(workload: Workload, batch_size: int, rng: np.random.Generator
                    ) -> Tuple[Batch, str]:
-  """Random molecules of the data's mean size, padded by the workload's own pipeline."""
-  budget = workload.padding_budget(batch_size)
+  """Random molecules of the data's mean size, padded by the workload's own pipeline (one
+  padded batch per device, as the runner's; `budget` is a device's)."""
+  budget, shards = workload.padding_budget(batch_size), jax.device_count()
   mean_nodes = workload.data_config.avg_nodes_per_graph
   examples = synthetic_molecules(rng, 2 * batch_size, workload.num_tasks, mean_nodes)
-  batch = next(ogbg_pipeline.batch_examples(examples, budget))
-  molecules = int(np.count_nonzero(batch['inputs'].n_node)) - 1  # Less the padding graph.
+  batch = next(ogbg_pipeline.batch_examples(examples, budget, shards))
+  molecules = int(np.count_nonzero(batch['inputs'].n_node)) - shards  # Less padding graphs.
   return batch, (f'{molecules} random molecules of about {mean_nodes} atoms, padded to '
                  f'{budget.n_node} nodes, {budget.n_edge} edges, {budget.n_graph} graphs; '
                  f'{workload.num_tasks} tasks')

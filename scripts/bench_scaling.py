@@ -15,9 +15,9 @@ each device count `N`, this times per phase
 replicated and the batch split along its leading dimension (`NamedSharding`); the submissions'
 own jitted step (`bench_full_step.TimedRun`: same optimisers, hyperparameters, phase cycle,
 warm-up and alternation) then runs as XLA partitions it. Until the K-FAC statistics run inside
-`kfac.distributed.sharded_mean_statistics`, XLA reduces each factor with its own collective. An
-array whose leading dimension does not divide by `N` (ogbg's graph-level arrays: the padding
-graph) is replicated.
+`kfac.distributed.sharded_mean_statistics`, XLA reduces each factor with its own collective.
+ogbg's batch is one padded batch per device (the workload's pipeline), so every array divides;
+an array that does not is replicated.
 
 **Scaling.** *Strong*: the global batch is the model's batch size `B` (the full config's on an
 accelerator, `bench_full_step`'s CPU size on a CPU, or its `--*_batch_size` flag) on every `N`.

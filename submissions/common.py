@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-try:  # On upstream's runner: its enums, which its workloads compare with.
-  from algoperf import spec
+try:  # On upstream's runner: its enums and shardings, which its workloads use.
+  from algoperf import jax_sharding_utils, spec
 except ImportError:  # Here, without the algoperf package: the same names from the contract.
+  from contract import sharding as jax_sharding_utils
   from contract import spec
 
 # Global batch sizes: upstream's base workload names for the full configs (the values of
@@ -131,8 +132,11 @@ def step_functions(workload, optimizer: optax.GradientTransformation,
                    extra_args_fn: Optional[ExtraArgsFn] = None) -> StepFunctions:
   """`optimizer`'s init and a jitted train step on the workload's mean training loss.
 
-  The dropout rate and the label smoothing are traced arguments, as upstream's baselines pass
-  them, so a change of either does not recompile.
+  Data-parallel as upstream's baselines: jitted over the mesh of all devices
+  (`jax_sharding_utils`), the batch split along its leading dimension, everything else (params,
+  model and optimiser state, rng, the loss) replicated; XLA partitions the step and sums the
+  gradient over devices. One device: a plain `jit`. The dropout rate and the label smoothing are
+  traced arguments, as upstream's baselines pass them, so a change of either does not recompile.
   """
   optimizer = optax.with_extra_args_support(optimizer)
 
@@ -144,7 +148,14 @@ def step_functions(workload, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), new_model_state, opt_state, loss
 
-  return StepFunctions(init=optimizer.init, train_step=jax.jit(train_step))
+  replicated = jax_sharding_utils.get_replicate_sharding()
+  sharded = jax_sharding_utils.get_batch_dim_sharding()
+  return StepFunctions(
+      init=jax.jit(optimizer.init, out_shardings=replicated),
+      train_step=jax.jit(train_step,
+                         in_shardings=(replicated, replicated, replicated, sharded, replicated,
+                                       replicated, replicated),
+                         out_shardings=replicated))
 
 
 def eager_train_state(model_params, build: Callable[[Optional[Dict[str, Any]]], StepFunctions]

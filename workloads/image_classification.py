@@ -25,7 +25,7 @@ import ml_collections
 import optax
 from flax import linen as nn
 
-from contract import errors
+from contract import errors, sharding
 from contract import types as api_types
 from workloads import image_data, image_pipeline
 from workloads.config_workload import ConfigWorkload, seed_from_rng
@@ -117,7 +117,8 @@ class ImageClassificationWorkload(ConfigWorkload):
     self._model = self.build_model(self.config)
     self._dropout_rate = self.config.dropout_rate
     self._embedded_splits: Optional[Dict[str, image_data.Split]] = None
-    self._eval_step = jax.jit(self._eval_batch_totals)
+    self._eval_step = jax.jit(self._eval_batch_totals,
+                              out_shardings=sharding.get_replicate_sharding())
 
   # Subclass hooks ---------------------------------------------------------------------------
 
@@ -278,7 +279,8 @@ class ImageClassificationWorkload(ConfigWorkload):
                          num_batches: Optional[int] = None) -> Iterator[image_pipeline.Batch]:
     """Batches of a split: `train` endless and shuffled by `data_rng`; evaluation splits one
     pass in a fixed order with the final batch padded (weights 0), repeated when
-    `repeat_final_dataset`. At most `num_batches` batches when given."""
+    `repeat_final_dataset`. At most `num_batches` batches when given. Each batch is placed split
+    along its leading dimension over all devices (`contract.sharding`)."""
     data_dir = data_dir or self.data_dir
     if split == 'train':
       batches = self._train_batches(data_dir, seed_from_rng(data_rng),
@@ -288,7 +290,8 @@ class ImageClassificationWorkload(ConfigWorkload):
                                     cache=True if cache is None else cache)
       batches = (itertools.chain.from_iterable(itertools.repeat(one_pass))
                  if repeat_final_dataset else iter(one_pass))
-    return itertools.islice(batches, num_batches) if num_batches is not None else batches
+    batches = itertools.islice(batches, num_batches) if num_batches is not None else batches
+    return map(sharding.shard_along_batch_dim, batches)  # Split over the devices.
 
   # Evaluation -------------------------------------------------------------------------------
 
@@ -320,7 +323,7 @@ class ImageClassificationWorkload(ConfigWorkload):
                                                  global_batch_size, num_examples)
     totals = None
     for batch in self._eval_iters[key]:
-      batch_totals = self._eval_step(params, model_state, batch)
+      batch_totals = self._eval_step(params, model_state, sharding.shard_along_batch_dim(batch))
       totals = batch_totals if totals is None else jax.tree.map(jnp.add, totals, batch_totals)
     count = float(totals.pop('num_examples'))
     return {name: float(value) / count for name, value in totals.items()}

@@ -12,13 +12,19 @@ of AlgoPerf's pipeline (`algoperf/workloads/ogbg/input_pipeline.py`), vectorised
     as `jraph.pad_with_graphs` does: every batch has the same shapes and holds at most
     `batch_size` molecules (fewer when nodes or edges run out first);
   * `targets` are the labels with NaN replaced by 0, `weights` is 1 for a present label of a
-    molecule and 0 for a missing label or a padding graph.
+    molecule and 0 for a missing label or a padding graph;
+  * data-parallel (`num_shards` devices, AlgoPerf's per-device batches): each batch is
+    `num_shards` batches of the per-device budget concatenated (`concatenate_shards`, node indices
+    offset as `jraph.batch` does), so that splitting every array along its leading dimension
+    over the devices gives each device whole molecules and its own padding graph. With one
+    device this is the batch above.
 
 TensorFlow is imported inside `tfds_examples` only, so the embedded path never pays for it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
@@ -49,7 +55,46 @@ def padding_budget(batch_size: int, avg_nodes_per_graph: int,
                        n_graph=batch_size + 1)
 
 
-def batch_examples(examples: Iterable[Example], budget: PaddingBudget) -> Iterator[Batch]:
+def batch_examples(examples: Iterable[Example], budget: PaddingBudget,
+                   num_shards: int = 1) -> Iterator[Batch]:
+  """Batches of `num_shards` per-device batches (`shard_batches`) concatenated along their
+  leading dimensions (`concatenate_shards`); the last one completed with all-padding shards."""
+  shards = shard_batches(examples, budget)
+  while True:
+    group = list(itertools.islice(shards, num_shards))
+    if not group:
+      return
+    if num_shards == 1:
+      yield group[0]
+      continue
+    yield concatenate_shards(group + [padding_shard(group[0])] * (num_shards - len(group)))
+
+
+def padding_shard(like: Batch) -> Batch:
+  """A batch of `like`'s shapes without molecules: graph 0 pads (holds every node and edge, its
+  edges connect node 0 to itself), the other graphs are empty, every weight is 0."""
+  graph = like['inputs']
+  n_node, n_edge = np.zeros_like(graph.n_node), np.zeros_like(graph.n_edge)
+  n_node[0], n_edge[0] = len(graph.nodes), len(graph.senders)
+  inputs = graph._replace(nodes=np.zeros_like(graph.nodes), edges=np.zeros_like(graph.edges),
+                          senders=np.zeros_like(graph.senders),
+                          receivers=np.zeros_like(graph.receivers), n_node=n_node, n_edge=n_edge)
+  return {'inputs': inputs, 'targets': np.zeros_like(like['targets']),
+          'weights': np.zeros_like(like['weights'])}
+
+
+def concatenate_shards(shards: Sequence[Batch]) -> Batch:
+  """One batch of per-device batches: arrays concatenated, `senders`/`receivers` offset by the
+  nodes before them (`jraph.batch_np`); shard d's rows are the d-th equal slice of each array."""
+  graph = jraph.batch_np([shard['inputs'] for shard in shards])
+  graph = graph._replace(senders=graph.senders.astype(np.int32),
+                         receivers=graph.receivers.astype(np.int32))
+  return {'inputs': graph,
+          'targets': np.concatenate([shard['targets'] for shard in shards]),
+          'weights': np.concatenate([shard['weights'] for shard in shards])}
+
+
+def shard_batches(examples: Iterable[Example], budget: PaddingBudget) -> Iterator[Batch]:
   """Groups examples greedily into batches that fit `budget`, each padded to exactly `budget`.
 
   The grouping is `jraph.dynamically_batch`'s (AlgoPerf's): molecules join the current batch in

@@ -17,6 +17,7 @@ import jraph
 import numpy as np
 import optax
 
+from contract import sharding
 from contract import types as api_types
 from workloads.config_workload import ConfigWorkload, seed_from_rng
 from workloads.ogbg_molpcba import configs, embedded_data, input_pipeline, metrics, model
@@ -95,7 +96,8 @@ class OgbgMolpcbaWorkload(ConfigWorkload):
     self._model: Optional[model.GNN] = None
     self._dropout_rate = self.config.model.dropout_rate
     self._embedded: Optional[embedded_data.EmbeddedData] = None
-    self._eval_outputs = jax.jit(self._eval_outputs_fn)
+    self._eval_outputs = jax.jit(self._eval_outputs_fn,
+                                 out_shardings=sharding.get_replicate_sharding())
 
   # Data --------------------------------------------------------------------------------------
 
@@ -123,7 +125,10 @@ class OgbgMolpcbaWorkload(ConfigWorkload):
     return self._embedded_data().num_examples(split)
 
   def padding_budget(self, batch_size: int) -> input_pipeline.PaddingBudget:
-    return input_pipeline.padding_budget(batch_size, self.data_config.avg_nodes_per_graph,
+    """The padding budget of one device's share of a global batch of `batch_size` graphs."""
+    sharding.check_divisible(batch_size)
+    return input_pipeline.padding_budget(batch_size // jax.device_count(),
+                                         self.data_config.avg_nodes_per_graph,
                                          self.data_config.avg_edges_per_graph)
 
   def _examples(self, split: str, data_dir: Optional[str], shuffle_seed: Optional[int],
@@ -151,20 +156,21 @@ class OgbgMolpcbaWorkload(ConfigWorkload):
     del cache
     if split not in INPUT_SPLITS:
       raise ValueError(f'unknown split {split!r}; choose one of {", ".join(INPUT_SPLITS)}')
-    budget = self.padding_budget(global_batch_size)
+    budget, shards = self.padding_budget(global_batch_size), jax.device_count()
     if split == 'train':
       batches = input_pipeline.batch_examples(
-          self._examples('train', data_dir, seed_from_rng(data_rng), None), budget)
+          self._examples('train', data_dir, seed_from_rng(data_rng), None), budget, shards)
     else:
       source_split, num_examples = (('train', self.num_eval_train_examples)
                                     if split == 'eval_train' else (split, None))
       one_pass = functools.partial(self._examples, source_split, data_dir, None, num_examples)
       if repeat_final_dataset:
         batches = itertools.chain.from_iterable(
-            input_pipeline.batch_examples(one_pass(), budget) for _ in itertools.count())
+            input_pipeline.batch_examples(one_pass(), budget, shards) for _ in itertools.count())
       else:
-        batches = input_pipeline.batch_examples(one_pass(), budget)
-    return itertools.islice(batches, num_batches)
+        batches = input_pipeline.batch_examples(one_pass(), budget, shards)
+    # Split over the devices: whole molecules on each (see input_pipeline).
+    return map(sharding.shard_along_batch_dim, itertools.islice(batches, num_batches))
 
   # Targets and budgets -----------------------------------------------------------------------
 
@@ -284,8 +290,8 @@ class OgbgMolpcbaWorkload(ConfigWorkload):
     key = f'{split}:{num_examples}:{global_batch_size}'
     if key not in self._eval_iters:
       examples = self._examples(split, data_dir, None, num_examples)
-      self._eval_iters[key] = list(
-          input_pipeline.batch_examples(examples, self.padding_budget(global_batch_size)))
+      self._eval_iters[key] = list(input_pipeline.batch_examples(
+          examples, self.padding_budget(global_batch_size), jax.device_count()))
     return self._eval_iters[key]
 
   def _eval_model_on_split(self, split: str, num_examples: int, global_batch_size: int,
@@ -298,7 +304,8 @@ class OgbgMolpcbaWorkload(ConfigWorkload):
     logits, targets, weights = [], [], []
     summed_loss, num_valid = 0.0, 0.0
     for batch in self._eval_batches(split, num_examples, global_batch_size, data_dir):
-      batch_logits, batch_loss, batch_valid = self._eval_outputs(params, batch)
+      batch_logits, batch_loss, batch_valid = self._eval_outputs(
+          params, sharding.shard_along_batch_dim(batch))
       logits.append(np.asarray(batch_logits))
       targets.append(batch['targets'])
       weights.append(batch['weights'])
