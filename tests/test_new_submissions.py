@@ -19,7 +19,6 @@ import re
 from typing import Any, Dict, List, NamedTuple, Tuple
 
 import jax
-import numpy as np
 import pytest
 
 import kfac
@@ -33,12 +32,11 @@ BRAND_METHODS = ('brand', 'brand_rsvd')
 
 
 class Trained(NamedTuple):
-  """What a few submission steps leave: initial and final parameters, the final optimiser and
-  model state, and the first training batch."""
+  """What a few submission steps leave: initial and final parameters, the final model state,
+  and the first training batch."""
 
   initial: Any
   params: Any
-  state: Any
   model_state: Any
   first_batch: Dict[str, Any]
 
@@ -58,7 +56,7 @@ def train(module, workload, hyperparameters, batch_size: int, num_steps: int) ->
     state, params, model_state = module.update_params(
         workload, params, workload.model_params_types, model_state, hyperparameters, batch,
         workload.loss_type, state, [], step, step_rng)
-  return Trained(initial, params, state, model_state, first_batch)
+  return Trained(initial, params, model_state, first_batch)
 
 
 def statistics_rows(workload, params, model_state, batch: Dict[str, Any],
