@@ -9,7 +9,8 @@ covered layer; MAC's `'mac'` blocks, and `'mac_input'` with expand rows on the l
 the model input), and for the Brand blocks the report's rows note (too many rows per batch for
 Brand's update, `kfac.blocks.lowrank.brand_rows_note`) is checked against the row counts of the
 statistics pass itself (`kfac.compute_statistics` on the same batch, `jax.eval_shape`). One run
-of `kfac_reduce_brand` checks that it lowers the training loss (slow).
+of `kfac_reduce_brand` checks that it lowers the training loss (slow). On a small MLP: the
+plan's `brand_max_rows` and `max_factor_dim` for 'rsvd' (kfac.plan).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib
 import re
 from typing import Any, Dict, List, NamedTuple, Tuple
 
+import flax.linen as nn
 import jax
 import pytest
 
@@ -139,3 +141,36 @@ def test_kfac_reduce_brand_lowers_the_training_loss_on_tiny_ogbg():
     return float(values['summed'] / values['n_valid_examples'])
 
   assert loss(trained.params) < 0.9 * loss(trained.initial)
+
+
+class TwoLayerMLP(nn.Module):
+  """16 -> 32 -> 4, for plan-level checks."""
+
+  @nn.compact
+  def __call__(self, x):  # x [N, 16]
+    return nn.Dense(4, name='out')(nn.relu(nn.Dense(32, name='hidden')(x)))
+
+
+def mlp_report(**options: Any) -> Dict[str, kfac.ReportRow]:
+  """`{layer: kernel row}` of the MLP's curvature report at batch 64 under `options`."""
+  model = TwoLayerMLP()
+  inputs = jax.ShapeDtypeStruct((64, 16), jax.numpy.float32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs)
+  rows = kfac.curvature_report(model.apply, params, loss='softmax_cross_entropy',
+                               sample_inputs=inputs, **options)
+  return {row.layer: row for row in rows if row.parameter.endswith('kernel')}
+
+
+def test_brand_max_rows_reaches_the_report_and_rsvd_honours_max_factor_dim():
+  # hidden: A side 17, B side 32; 64 rows per batch + rank 4 outnumber both.
+  plain = mlp_report(inverse_method='brand', inverse_rank=4)
+  assert plain['hidden'].fallback == '; '.join(
+      f'{side}: {brand_rows_note(dim, 4, 64)}' for side, dim in (('A', 17), ('B', 32)))
+  # Sketched to 4 rows: 4 + 4 <= 17 / 2 and 32 / 2, no note.
+  assert mlp_report(inverse_method='brand', inverse_rank=4, brand_max_rows=4
+                    )['hidden'].fallback == ''
+  # 'rsvd' keeps [d, d] factors: a side above max_factor_dim sends the layer to the fallback.
+  limited = mlp_report(inverse_method='rsvd', inverse_rank=4, max_factor_dim=32)
+  assert limited['hidden'].block == 'rsvd' and limited['hidden'].fallback == ''  # 17, 32.
+  assert limited['out'].block == 'diagonal'  # Sides 33 and 4.
+  assert 'A diagonal: dimension 33 > max_factor_dim 32' in limited['out'].fallback
