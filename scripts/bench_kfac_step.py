@@ -1,4 +1,5 @@
-"""`make bench`: the cost of one training step, Nesterov vs K-FAC-reduce vs K-FAC-expand.
+"""`make bench`: the cost of one training step, Nesterov vs K-FAC-reduce vs K-FAC-expand vs the
+low-rank K-FAC blocks vs MAC.
 
 Side by side in one process, on a small convolutional net, a small transformer and (when
 `workloads.ogbg_molpcba` imports) the small ogbg GraphNetwork on a synthetic padded batch, this
@@ -8,7 +9,18 @@ times a full jitted training step (loss gradient, optimiser update, parameter up
   * K-FAC-reduce and K-FAC-expand (`kfac.kfac_optimizer`, MC Fisher, exact damping) with
     statistics and inverses every step (`T_cov = T_inv = 1`), and with statistics every step and
     inverses amortised over `T_inv` steps;
-  * K-FAC-reduce with both amortised (`T_cov = T_inv`).
+  * K-FAC-reduce with both amortised (`T_cov = T_inv`);
+  * the low-rank blocks (`kfac.blocks.lowrank`): K-FAC-reduce with B-KFAC's Brand updates
+    ('brand', the work is on statistics steps) with statistics every step and amortised, with
+    RS-KFAC ('rsvd', the work is on inverse steps) with inverses every step and amortised, and
+    K-FAC-expand with Brand (the seed's setting), rank `--inverse_rank`;
+  * MAC (`inverse_method='mac'`, the input layers 'mac_input', damping 1.0; docs/mac.md) with
+    statistics every step (issue 14's goal: at most 1.1x a Nesterov step) and amortised.
+
+Memory: each variant's compiled step has XLA's peak (`benchmark.environment.peak_mib`); and per
+layer, K-FAC-reduce's (`--inverse_method`) and MAC's block state (bytes of `block.init()`) and
+the XLA peak of the block's statistics update (`update(state, statistics(rows), w)` on the rows
+the layer gets per batch) and of its inverse update, compiled alone per layer.
 
 Each repeat runs `T_inv` consecutive steps (so an amortised repeat holds exactly one inverse
 update) and blocks on the result; the time per step is the repeat's time / `T_inv`. The variants
@@ -32,7 +44,7 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import statistics
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from absl import app, flags
 import flax.linen as nn
@@ -42,7 +54,9 @@ import numpy as np
 import optax
 
 import kfac
-from benchmark.environment import machine_lines
+import kfac.mac
+import kfac.plan
+from benchmark.environment import MIB, machine_lines, peak_mib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'Short run: 3 timed repeats instead of --repeats.')
@@ -50,12 +64,18 @@ flags.DEFINE_integer('repeats', 9, 'Timed repeats of T_inv steps each (median re
 flags.DEFINE_integer('inverse_update_every', 10, 'T_inv of the amortised K-FAC variants.')
 flags.DEFINE_list('models', ['cnn', 'transformer', 'ogbg'], 'Models to time.')
 flags.DEFINE_string('inverse_method', 'eigh', 'inverse_method of the K-FAC variants (kfac.blocks).')
+flags.DEFINE_integer('inverse_rank', 32, 'Rank of the low-rank (brand, rsvd) variants.')
 flags.DEFINE_string('output', 'docs/bench_kfac_step.md', 'Markdown report path.')
 
 # The issue's goal for the amortised K-FAC-reduce step, as a multiple of a Nesterov step.
 GOAL_RATIO = 1.3
+# Issue 14's goal for a MAC step with statistics every step.
+MAC_GOAL_RATIO = 1.1
 LEARNING_RATE = 1e-2
 DAMPING = 1e-3
+# MAC's decoupled damping lambda: the reference's value for CNNs (docs/mac.md).
+MAC_DAMPING = 1.0
+KIB = 1024
 NUM_CLASSES = 10
 
 
@@ -121,10 +141,10 @@ class Case(NamedTuple):
 
 
 class Variant(NamedTuple):
-  """An optimiser to time: `make(apply_fn, sample_inputs, loss) -> GradientTransformation`."""
+  """An optimiser to time: `make(case) -> GradientTransformation`."""
 
   name: str
-  make: Callable[[Callable, Any, str], optax.GradientTransformation]
+  make: Callable[[Case], optax.GradientTransformation]
   uses_kfac: bool
 
 
@@ -200,20 +220,41 @@ def batch_loss(loss: str, logits: jax.Array, targets: jax.Array,
   return jnp.sum(entries * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def mac_options(case: Case) -> Dict[str, Any]:
+  """MAC's options of `kfac.precondition` for `case`: 'mac' blocks, the layers reading the model
+  input 'mac_input' with expand rows (as `submissions.mac`), the decoupled damping."""
+  inputs = case.batch['inputs']
+  paths = kfac.mac.input_layer_paths(case.apply_fn, case.params, inputs,
+                                     kfac.layer_report(case.apply_fn, case.params, inputs))
+  methods, flavours = kfac.mac.mac_overrides(paths)
+  return dict(inverse_method='mac', inverse_method_overrides=methods, flavour_overrides=flavours,
+              flavour='reduce', damping=MAC_DAMPING)
+
+
+def kfac_options(flavour: str, method: str) -> Callable[[Case], Dict[str, Any]]:
+  """`case -> options` of a K-FAC variant."""
+  return lambda case: dict(flavour=flavour, inverse_method=method, damping=DAMPING,
+                           inverse_rank=FLAGS.inverse_rank)
+
+
 def variants(inverse_every: int) -> List[Variant]:
-  def nesterov(apply_fn, sample_inputs, loss):
-    del apply_fn, sample_inputs, loss
+  def nesterov(case):
+    del case
     return optax.sgd(LEARNING_RATE, momentum=0.9, nesterov=True)
 
-  def kfac_variant(flavour, cov_every, inv_every):
-    def make(apply_fn, sample_inputs, loss):
-      return kfac.kfac_optimizer(apply_fn, learning_rate=LEARNING_RATE, momentum=0.9, loss=loss,
-                                 sample_inputs=sample_inputs, flavour=flavour, fisher_type='mc',
-                                 damping=DAMPING, cov_update_every=cov_every,
-                                 inverse_update_every=inv_every,
-                                 inverse_method=FLAGS.inverse_method)
+  def curvature_variant(options_fn, cov_every, inv_every):
+    def make(case):
+      return kfac.kfac_optimizer(case.apply_fn, learning_rate=LEARNING_RATE, momentum=0.9,
+                                 loss=case.loss, sample_inputs=case.batch['inputs'],
+                                 fisher_type='mc', cov_update_every=cov_every,
+                                 inverse_update_every=inv_every, **options_fn(case))
     return make
 
+  def kfac_variant(flavour, cov_every, inv_every, method=None):
+    return curvature_variant(kfac_options(flavour, method or FLAGS.inverse_method), cov_every,
+                             inv_every)
+
+  k = inverse_every
   return [
       Variant('Nesterov', nesterov, False),
       Variant('K-FAC-reduce, T_cov=1, T_inv=1', kfac_variant('reduce', 1, 1), True),
@@ -224,6 +265,17 @@ def variants(inverse_every: int) -> List[Variant]:
               kfac_variant('expand', 1, inverse_every), True),
       Variant(f'K-FAC-reduce, T_cov={inverse_every}, T_inv={inverse_every}',
               kfac_variant('reduce', inverse_every, inverse_every), True),
+      Variant(f'K-FAC-reduce brand, T_cov=1, T_inv={k}', kfac_variant('reduce', 1, k, 'brand'),
+              True),
+      Variant(f'K-FAC-reduce brand, T_cov={k}, T_inv={k}', kfac_variant('reduce', k, k, 'brand'),
+              True),
+      Variant('K-FAC-reduce rsvd, T_cov=1, T_inv=1', kfac_variant('reduce', 1, 1, 'rsvd'), True),
+      Variant(f'K-FAC-reduce rsvd, T_cov=1, T_inv={k}', kfac_variant('reduce', 1, k, 'rsvd'),
+              True),
+      Variant(f'K-FAC-expand brand, T_cov=1, T_inv={k}', kfac_variant('expand', 1, k, 'brand'),
+              True),
+      Variant('MAC, T_cov=1, T_inv=1', curvature_variant(mac_options, 1, 1), True),
+      Variant(f'MAC, T_cov={k}, T_inv={k}', curvature_variant(mac_options, k, k), True),
   ]
 
 
@@ -246,16 +298,19 @@ def make_train_step(case: Case, optimizer: optax.GradientTransformation,
   return train_step
 
 
-def prepared_repeat(case: Case, variant: Variant, steps_per_repeat: int) -> Callable[[], float]:
-  """Compile and warm up `variant` on `case`; returns `() -> seconds per step of one repeat`.
+def prepared_repeat(case: Case, variant: Variant, steps_per_repeat: int
+                    ) -> Tuple[Callable[[], float], float]:
+  """Compile and warm up `variant` on `case`; returns `() -> seconds per step of one repeat`
+  and the XLA peak (MiB) of the compiled step.
 
   The returned function carries the parameters and optimiser state from repeat to repeat, so
   the step counter (and with it the T_cov / T_inv phase) advances as in training.
   """
-  optimizer = variant.make(case.apply_fn, case.batch['inputs'], case.loss)
+  optimizer = variant.make(case)
   train_step = make_train_step(case, optimizer, variant.uses_kfac)
   keys = jax.random.split(jax.random.PRNGKey(2), steps_per_repeat)
   carry = {'params': case.params, 'opt_state': jax.jit(optimizer.init)(case.params)}
+  peak = peak_mib(train_step.lower(carry['params'], carry['opt_state'], keys[0]).compile())
 
   def timed_repeat() -> float:
     start = time.perf_counter()
@@ -267,45 +322,116 @@ def prepared_repeat(case: Case, variant: Variant, steps_per_repeat: int) -> Call
     return (time.perf_counter() - start) / steps_per_repeat
 
   timed_repeat()  # compile + warm-up
-  return timed_repeat
+  return timed_repeat, peak
+
+
+class CaseResults(NamedTuple):
+  """Seconds per step of every repeat, and the XLA peak (MiB) of the step, per variant."""
+
+  times: Dict[str, List[float]]
+  peaks: Dict[str, float]
 
 
 def time_case(case: Case, all_variants: List[Variant], steps_per_repeat: int, repeats: int
-              ) -> Dict[str, List[float]]:
+              ) -> CaseResults:
   """Seconds per step of every repeat of every variant, the variants interleaved repeat by
   repeat so that load changes on a shared machine hit them alike."""
-  runs = {variant.name: prepared_repeat(case, variant, steps_per_repeat)
-          for variant in all_variants}
-  times = {name: [] for name in runs}
+  prepared = {variant.name: prepared_repeat(case, variant, steps_per_repeat)
+              for variant in all_variants}
+  times = {name: [] for name in prepared}
   for _ in range(repeats):
-    for name, timed_repeat in runs.items():
+    for name, (timed_repeat, _) in prepared.items():
       times[name].append(timed_repeat())
   for name, values in times.items():
     print(f'{case.name:28s} {name:38s} {1e3 * statistics.median(values):9.2f} ms/step', flush=True)
-  return times
+  return CaseResults(times, {name: peak for name, (_, peak) in prepared.items()})
 
 
-def case_table(case: Case, results: Dict[str, List[float]]) -> List[str]:
-  nesterov = statistics.median(results['Nesterov'])
+def case_table(case: Case, results: CaseResults) -> List[str]:
+  nesterov = statistics.median(results.times['Nesterov'])
   lines = [f'### {case.name}', '', case.description, '',
-           '| optimiser | ms / step, median (min-max) | ratio to Nesterov |', '|---|---:|---:|']
-  for name, times in results.items():
+           '| optimiser | ms / step, median (min-max) | ratio to Nesterov | XLA peak MiB |',
+           '|---|---:|---:|---:|']
+  for name, times in results.times.items():
     median = statistics.median(times)
     lines.append(f'| {name} | {1e3 * median:.2f} ({1e3 * min(times):.2f}-{1e3 * max(times):.2f}) '
-                 f'| {median / nesterov:.2f}x |')
+                 f'| {median / nesterov:.2f}x | {results.peaks[name]:.1f} |')
   return lines + ['']
 
 
-def goal_lines(cases: List[Case], all_results: List[Dict[str, List[float]]],
+class LayerMemory(NamedTuple):
+  """One block's memory: state KiB, XLA peak KiB of its statistics update and of its invert."""
+
+  state: float
+  update: float
+  invert: float
+
+
+def block_memory(layer: kfac.plan.LayerPlan, rows: Tuple[int, int]) -> LayerMemory:
+  """`LayerMemory` of a planned layer's block fed `rows = (n_a, n_b)` rows per batch."""
+  block, (dim_a, dim_b) = layer.block, layer.info.dims
+  state = jax.eval_shape(block.init)
+  shapes = kfac.LayerStatistics(
+      a_rows=jax.ShapeDtypeStruct((rows[0], dim_a), jnp.float32),
+      g_rows=jax.ShapeDtypeStruct((rows[1], dim_b), jnp.float32),
+      a_mean=jax.ShapeDtypeStruct((dim_a,), jnp.float32))
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  update = jax.jit(lambda s, r, w: block.update(s, block.statistics(r), w)).lower(
+      state, shapes, scalar).compile()
+  invert = jax.jit(block.invert).lower(state, scalar).compile()
+  state_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
+                    for leaf in jax.tree_util.tree_leaves(state))
+  return LayerMemory(state_bytes / KIB, peak_mib(update) * MIB / KIB,
+                     peak_mib(invert) * MIB / KIB)
+
+
+def layer_memory(case: Case, options: Dict[str, Any]) -> Dict[str, LayerMemory]:
+  """`{layer: LayerMemory}` of every covered layer of `case` under `kfac.precondition`
+  `options`."""
+  inputs = case.batch['inputs']
+  checked = kfac.plan.validate_options(kfac.PreconditionOptions(
+      loss=case.loss, sample_inputs=inputs, **options))
+  plan = kfac.plan.make_plan(case.apply_fn, case.params, inputs, checked)
+  memory = {}
+  for path, layer in plan.layers.items():
+    rows_a, rows_b = kfac.plan.statistics_rows(layer.info, layer.flavour, plan.report.num_examples,
+                                               checked)
+    memory['/'.join(path)] = block_memory(layer, (rows_a, rows_b))
+  return memory
+
+
+def memory_table(case: Case) -> List[str]:
+  """Per layer: K-FAC-reduce's and MAC's block state and XLA peaks (KiB), side by side."""
+  reduce = layer_memory(case, kfac_options('reduce', FLAGS.inverse_method)(case))
+  mac = layer_memory(case, mac_options(case))
+  method = FLAGS.inverse_method
+  lines = [f'Per-layer memory, KiB (block state; XLA peak of the statistics update and of the '
+           f'inverse update): K-FAC-reduce ({method}) vs MAC.', '',
+           f'| layer | reduce state | reduce update | reduce invert | MAC state | MAC update | '
+           f'MAC invert |', '|---|---:|---:|---:|---:|---:|---:|']
+  for layer in reduce:
+    lines.append(f'| {layer} | ' + ' | '.join(f'{value:,.1f}' for value in (*reduce[layer],
+                                                                           *mac[layer])) + ' |')
+  totals = [sum(memory[layer][i] for layer in memory) for memory in (reduce, mac)
+            for i in range(3)]
+  lines.append('| total | ' + ' | '.join(f'{value:,.1f}' for value in totals) + ' |')
+  return lines + ['']
+
+
+def goal_lines(cases: List[Case], all_results: List[CaseResults],
                inverse_every: int) -> List[str]:
-  """Whether the amortised K-FAC-reduce step is within `GOAL_RATIO` of a Nesterov step."""
-  lines = [f'Goal: amortised K-FAC-reduce step at most {GOAL_RATIO}x a Nesterov step.', '']
+  """Whether the amortised K-FAC-reduce step is within `GOAL_RATIO` of a Nesterov step, and MAC
+  with statistics every step within `MAC_GOAL_RATIO`."""
+  lines = [f'Goals: amortised K-FAC-reduce step at most {GOAL_RATIO}x a Nesterov step; MAC with '
+           f'statistics every step at most {MAC_GOAL_RATIO}x (issue 14).', '']
+  goals = [(f'K-FAC-reduce, T_cov=1, T_inv={inverse_every}', GOAL_RATIO),
+           (f'K-FAC-reduce, T_cov={inverse_every}, T_inv={inverse_every}', GOAL_RATIO),
+           ('MAC, T_cov=1, T_inv=1', MAC_GOAL_RATIO)]
   for case, results in zip(cases, all_results):
-    nesterov = statistics.median(results['Nesterov'])
-    for name in (f'K-FAC-reduce, T_cov=1, T_inv={inverse_every}',
-                 f'K-FAC-reduce, T_cov={inverse_every}, T_inv={inverse_every}'):
-      ratio = statistics.median(results[name]) / nesterov
-      verdict = 'meets' if ratio <= GOAL_RATIO else 'misses'
+    nesterov = statistics.median(results.times['Nesterov'])
+    for name, goal in goals:
+      ratio = statistics.median(results.times[name]) / nesterov
+      verdict = 'meets' if ratio <= goal else 'misses'
       lines.append(f'- {case.name}, {name}: {ratio:.2f}x, {verdict} the goal')
   return lines + ['']
 
@@ -328,9 +454,10 @@ def main(argv) -> None:
            'variants taking turns, after compilation and a warm-up repeat. LAPACK (eigh) runs '
            f'with OPENBLAS_NUM_THREADS={os.environ["OPENBLAS_NUM_THREADS"]}. K-FAC: MC Fisher '
            f'(1 sample), exact damping '
-           f'{DAMPING}, EMA 0.95.', '', *machine_lines(), '']
+           f'{DAMPING}, EMA 0.95; low-rank blocks rank {FLAGS.inverse_rank}, pi-damping; MAC '
+           f'damping {MAC_DAMPING}.', '', *machine_lines(), '']
   for case, results in zip(cases, all_results):
-    lines += case_table(case, results)
+    lines += case_table(case, results) + memory_table(case)
   lines += goal_lines(cases, all_results, inverse_every)
   os.makedirs(os.path.dirname(FLAGS.output) or '.', exist_ok=True)
   with open(FLAGS.output, 'w') as report:
