@@ -34,12 +34,13 @@ layer has accepted statistics.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from kfac import defaults
+from kfac import defaults, distributed
 from kfac.blocks import CurvatureBlock, LayerStatistics
 
 LayerPath = Tuple[str, ...]
@@ -55,6 +56,9 @@ class CurvatureConfig(NamedTuple):
     cov_update_every: T_cov, statistics are updated on steps `0, T_cov, 2 T_cov, ...`.
     inverse_update_every: T_inv, inverses are refreshed on steps `0, T_inv, 2 T_inv, ...`.
     warm_start_steps: steps `0 .. warm_start_steps - 1` update statistics and inverses.
+    mesh: data-parallel devices; with more than one, each inverts a share of the layers
+      (`kfac.distributed.distributed_invert` along `axis_name`), the same results.
+    axis_name: the mesh axis of the batch.
   """
 
   blocks: Mapping[LayerPath, CurvatureBlock]
@@ -63,6 +67,8 @@ class CurvatureConfig(NamedTuple):
   cov_update_every: int = defaults.COV_UPDATE_EVERY
   inverse_update_every: int = defaults.INVERSE_UPDATE_EVERY
   warm_start_steps: int = defaults.WARM_START_STEPS
+  mesh: Optional[Mesh] = None
+  axis_name: str = 'batch'
 
 
 class CurvatureState(NamedTuple):
@@ -165,9 +171,15 @@ def update_statistics(state: CurvatureState, statistics: Mapping[LayerPath, Laye
 def update_inverses(state: CurvatureState, config: CurvatureConfig) -> CurvatureState:
   """Refresh every block's inverse; non-finite ones keep the last good. A layer without
   accepted statistics yet keeps its identity-like initial inverse."""
-  new_blocks, accept, reject = {}, {}, {}
-  for path, block in config.blocks.items():
-    new_blocks[path] = block.invert(state.blocks[path], config.damping)
+  inverts = {path: block.invert for path, block in config.blocks.items()}
+  if config.mesh is None or config.mesh.size == 1:
+    new_blocks = {path: invert(state.blocks[path], config.damping)
+                  for path, invert in inverts.items()}
+  else:
+    new_blocks = distributed.distributed_invert(inverts, state.blocks, config.mesh,
+                                                config.axis_name, jnp.asarray(config.damping))
+  accept, reject = {}, {}
+  for path in config.blocks:
     finite = all_finite(new_blocks[path])
     accept[path] = finite & (state.counts[path] > 0)
     reject[path] = jnp.logical_not(finite)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import optax
+from jax.sharding import Mesh
 
 from kfac import curvature, factors, param_paths
 from kfac import plan as planning
@@ -49,7 +50,8 @@ def _shape_signature(params: Any) -> Tuple[Any, ...]:
 
 
 def precondition(apply_fn: Callable[..., jax.Array], *,
-                 sample_apply_kwargs: Optional[Mapping[str, Any]] = None, **options: Any
+                 sample_apply_kwargs: Optional[Mapping[str, Any]] = None,
+                 mesh: Optional[Mesh] = None, **options: Any
                  ) -> optax.GradientTransformationExtraArgs:
   """K-FAC preconditioning of the gradients of every Dense/DenseGeneral/Conv layer.
 
@@ -60,6 +62,8 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
       (unjitted) Flax apply over the same parameter tree the optimiser updates.
     sample_apply_kwargs: `apply_kwargs` for the trace at init (arrays or shapes), if `apply_fn`
       needs any.
+    mesh: the data-parallel mesh (axis `'batch'`) of the train step, if any: the inverse step
+      spreads the layers' decompositions over its devices (`kfac.curvature.CurvatureConfig`).
     **options: `kfac.plan.PreconditionOptions`; `loss` and `sample_inputs` are required.
 
   Returns:
@@ -80,11 +84,14 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
           lambda p, x: apply_fn(p, x, **init_kwargs), params, options.sample_inputs, options)
     return plans[signature]
 
+  def config_for(plan: planning.Plan) -> curvature.CurvatureConfig:
+    return planning.curvature_config(plan.layers, options)._replace(mesh=mesh)
+
   def init_fn(params):
     plan = plan_for(params)
     if options.print_report:
       print(report.format_curvature_report(report.report_rows(plan, params)))
-    config = planning.curvature_config(plan.layers, options)
+    config = config_for(plan)
     return jax.jit(lambda: curvature.init_curvature_state(config))()  # One compile, not one per op.
 
   def update_fn(updates, state, params=None, *, inputs, targets, mask=None, rng=None,
@@ -93,7 +100,7 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
     if params is None:
       raise ValueError('kfac.precondition needs params in update(grads, state, params, ...)')
     plan = plan_for(params)
-    config = planning.curvature_config(plan.layers, options)
+    config = config_for(plan)
     step_kwargs = dict(apply_kwargs or {})
 
     def statistics_fn():

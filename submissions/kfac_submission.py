@@ -173,8 +173,10 @@ def init_optimizer_state(workload, model_params, model_state, hyperparameters, r
       arguments.update(layer_overrides(
           lambda p, x: training_logits(workload)(p, x, **sample_kwargs), param_shapes,
           arguments['sample_inputs']))
+    # The train step's mesh: the inverse step spreads the layers' decompositions over it.
+    mesh = common.jax_sharding_utils.get_replicate_sharding().mesh
     functions = common.step_functions(
-        workload, kfac.kfac_optimizer(training_logits(workload), **arguments),
+        workload, kfac.kfac_optimizer(training_logits(workload), mesh=mesh, **arguments),
         extra_args_fn=curvature_extra_args)
     preconditioner = {k: v for k, v in arguments.items() if k not in OPTIMIZER_ONLY_ARGUMENTS}
     report = functools.lru_cache(maxsize=None)(

@@ -92,7 +92,7 @@ reference = jax.jit(lambda s, d: {n: decompose(s[n], d, i) for i, n in enumerate
     jax.device_put(states, one_device), damping)
 
 # The project's own blocks, several kinds in one spread inverse step (states after one update).
-block_fns, block_states = {}, {}
+block_fns, block_states, block_objects = {}, {}, {}
 for index, method in enumerate(block_methods):
   dim_a, dim_b = 6 + 5 * index, 4 + 3 * index
   block = blocks.make_block(method, dim_a, dim_b, blocks.BlockOptions(rank=3))
@@ -101,6 +101,7 @@ for index, method in enumerate(block_methods):
                                 rng.standard_normal(dim_a).astype(np.float32))
   block_states[method] = block.update(block.init(), block.statistics(rows), jnp.float32(1.0))
   block_fns[method] = block.invert
+  block_objects[(method,)] = block
 spread_blocks = jax.jit(lambda s, d: distributed.distributed_invert(block_fns, s, mesh, 'data', d))(
     jax.device_put(block_states, NamedSharding(mesh, P())), damping)
 single_blocks = jax.jit(lambda s, d: {m: block_fns[m](s[m], d) for m in block_methods})(
@@ -109,6 +110,21 @@ blocks_error = {m: max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarra
                        for a, b in zip(jax.tree_util.tree_leaves(spread_blocks[m]),
                                        jax.tree_util.tree_leaves(single_blocks[m])))
                 for m in block_methods}
+
+# kfac.curvature's inverse step with a mesh (spread) and without, on the same blocks.
+from kfac import curvature
+config = curvature.CurvatureConfig(blocks=block_objects, damping=0.05)
+curvature_state = curvature.init_curvature_state(config)._replace(
+    blocks={(m,): block_states[m] for m in block_methods},
+    counts={(m,): jnp.int32(1) for m in block_methods})
+spread_state = jax.jit(lambda s: curvature.update_inverses(
+    s, config._replace(mesh=mesh, axis_name='data')))(
+        jax.device_put(curvature_state, NamedSharding(mesh, P())))
+single_state = jax.jit(lambda s: curvature.update_inverses(s, config))(
+    jax.device_put(curvature_state, one_device))
+curvature_error = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                      for a, b in zip(jax.tree_util.tree_leaves(spread_state),
+                                      jax.tree_util.tree_leaves(single_state)))
 
 def max_error(get):
   return max(float(np.max(np.abs(np.asarray(get(spread[n]), np.float64) -
@@ -198,6 +214,7 @@ print(json.dumps({
     'mean_error': float(np.max(np.abs(stats['a'][1] - valid.mean(0)))),
     'replicated': bool(stats['a'][0].sharding.is_fully_replicated),
     'blocks_error': blocks_error,
+    'curvature_error': curvature_error,
     'kfac_factors_error': kfac_factors_error,
 }))
 '''
@@ -228,6 +245,10 @@ def test_spread_blocks_equal_single_device(device_run):
   assert sorted(device_run['blocks_error']) == sorted(BLOCK_METHODS)
   for method, error in device_run['blocks_error'].items():
     assert error < 1e-5, method
+
+
+def test_curvature_inverse_step_with_a_mesh_equals_without(device_run):
+  assert device_run['curvature_error'] < 1e-5
 
 
 def test_each_device_decomposes_only_its_layers(device_run):
