@@ -194,13 +194,16 @@ def ogbg_case(rng: np.random.Generator) -> Optional[Case]:
                                          data_config.avg_edges_per_graph)
   examples = synthetic_molecules(rng, 2 * config.batch_size, num_tasks)
   batch = next(input_pipeline.batch_examples(examples, budget))
-  model = ogbg_model.GNN(num_outputs=num_tasks, **config.model)
+  model = ogbg_model.GNN(num_outputs=num_tasks, latent_dim=config.model.latent_dim,
+                         hidden_dims=tuple(config.model.hidden_dims),
+                         num_message_passing_steps=config.model.num_message_passing_steps)
   params = jax.jit(lambda key, graph: model.init(key, graph, train=False))(jax.random.PRNGKey(0),
                                                                             batch['inputs'])
   dropout_key = jax.random.PRNGKey(1)
 
   def apply_fn(variables, graph):
-    return model.apply(variables, graph, train=True, rngs={'dropout': dropout_key})
+    return model.apply(variables, graph, train=True, dropout_rate=config.model.dropout_rate,
+                       rngs={'dropout': dropout_key})
 
   return Case('ogbg GraphNetwork (small)',
               f'latent {config.model.latent_dim}, {config.model.num_message_passing_steps} '
