@@ -182,8 +182,12 @@ def update_params(workload, current_param_container, current_params_types, model
   if state.opt_state is None:
     state = state._replace(opt_state=state.functions.init(current_param_container))
   dropout_rate = _hyperparameter(hyperparameters, 'dropout_rate', None)  # None: the workload's.
+  # Replicated as the step returns them (a no-op for a runner that replicates, as ours), so that
+  # the first step and the later ones run one compiled program.
+  replicated = jax_sharding_utils.get_replicate_sharding()
   params, new_model_state, opt_state, _ = state.functions.train_step(
-      current_param_container, model_state, state.opt_state, batch, rng,
+      *jax.device_put((current_param_container, model_state), replicated), state.opt_state,
+      batch, rng,
       None if dropout_rate is None else jnp.float32(dropout_rate),
       jnp.float32(_hyperparameter(hyperparameters, 'label_smoothing', 0.0)))
   return state._replace(opt_state=opt_state), params, new_model_state
