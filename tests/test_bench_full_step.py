@@ -48,6 +48,7 @@ def test_amortised_step_is_one_curvature_step_in_ten():
   assert bench.amortised_seconds(plain_s=1.0, statistics_inverse_s=11.0) == pytest.approx(2.0)
 
 
+@pytest.mark.slow  # Compiles every optimiser of the three tiny models: 100 s on 2 cores.
 def test_every_step_is_timed_in_its_phase(timings):
   for timing in timings:
     assert [entry.optimiser for entry in timing.optimisers] == list(bench.OPTIMISERS)

@@ -22,6 +22,7 @@ def _with_target(workload, target: float):
   return workload
 
 
+@pytest.mark.slow  # 150 s on 2 cores; the tiny sweep and the WRN small run stay in the default suite.
 def test_nesterov_trains_ogbg_small_to_a_lower_target(tmp_path):
   workload = _with_target(workloads.get_workload('ogbg', 'small'), LOWER_SMALL_TARGET)
   submission = submission_loader.load_submission('submissions/ogbg_molpcba/nesterov.py')
@@ -56,7 +57,8 @@ IMAGE_CASES = {
 }
 
 
-@pytest.mark.parametrize('workload_name', sorted(IMAGE_CASES))
+@pytest.mark.parametrize('workload_name', [
+    'cifar', pytest.param('imagenet_vit', marks=pytest.mark.slow)])  # ViT small: 110 s on 2 cores.
 def test_image_workload_trains_small_to_a_lower_target(tmp_path, workload_name):
   folder, submission_name, point, target = IMAGE_CASES[workload_name]
   workload = _with_target(workloads.get_workload(workload_name, 'small'), target)
