@@ -17,7 +17,6 @@ Flags are named like upstream AlgoPerf's `submission_runner.py`; workload names 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from typing import List, Tuple
@@ -27,9 +26,6 @@ from absl import app, flags
 from contract.errors import BenchmarkError
 
 COMMANDS = ('run', 'report', 'describe', 'build-data')
-# Loggers whose INFO lines are noise to a user (jax's "Unable to initialize backend 'tpu'" on
-# every CPU machine); set before jax initialises its backends.
-QUIET_LOGGERS = ('jax._src.xla_bridge', 'jax._src.compiler', 'absl')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workload', None, 'Workload: ogbg, imagenet_vit, cifar (full configs) or a '
@@ -226,8 +222,8 @@ def main(argv: List[str]) -> int:
 
 
 def _main_with_errors(argv: List[str]) -> int:
-  for name in QUIET_LOGGERS:
-    logging.getLogger(name).setLevel(logging.WARNING)
+  from benchmark import environment  # Imports jax: not at flag-definition time.
+  environment.quiet_library_logs()
   try:
     return main(argv)
   except BenchmarkError as e:

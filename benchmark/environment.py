@@ -8,6 +8,7 @@ ratios measured in one run rather than absolute times across runs.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import platform
 import subprocess
@@ -105,3 +106,16 @@ def peak_mib(compiled: Any) -> float:
   total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
   return total / MIB
+
+
+# Loggers whose INFO lines are noise to a user: jax's "Unable to initialize backend 'tpu'" on every
+# CPU machine, orbax's lines for every checkpoint write (absl).
+QUIET_LOGGERS = ('jax._src.xla_bridge', 'jax._src.compiler', 'absl')
+
+
+def quiet_library_logs() -> None:
+  """Raise the libraries' noisy loggers to WARNING (call before jax initialises its backends)."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in QUIET_LOGGERS:
+    logging.getLogger(name).setLevel(logging.WARNING)

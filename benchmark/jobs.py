@@ -17,7 +17,7 @@ import time
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import workloads
-from benchmark import report, submission_loader, tuning
+from benchmark import environment, report, submission_loader, tuning
 from benchmark.comparison import load_comparison
 from benchmark.experiment import ExperimentSettings, run_experiment
 from benchmark.trial import TrialSettings
@@ -138,6 +138,7 @@ def log_line(message: str) -> None:
 def run_main(label: str, job: Callable[[], str]) -> int:
   """Run `job() -> job folder`, then its report; a `BenchmarkError` is one line on stderr and
   exit status 2."""
+  environment.quiet_library_logs()
   started = time.perf_counter()
   try:
     finish_report(job(), log=log_line)
