@@ -21,7 +21,7 @@ zeros before any computation.
 
 Matching a training objective. A training loss `sum(w * loss) / sum(w)` (AlgoPerf's ogbg loss,
 any loss averaged over the `R` positions of a sequence or image) is `L` with the mask
-`m = w * N / sum(w)` (`submissions/kfac_submission.objective_mask`). With `m = w` instead, K-FAC's
+`m = w * N / sum(w)` (`objective_mask`). With `m = w` instead, K-FAC's
 curvature is `sum(w) / N` times that of the objective: with `mask=None` and a loss averaged over
 `R` positions, `R` times larger, so that `(R F + damping I)^-1 = R^-1 (F + (damping / R) I)^-1`:
 the damping acts `R` times weaker and the step is `R` times shorter than the same numbers mean
@@ -56,6 +56,8 @@ import optax
 
 LOSSES = ('softmax_cross_entropy', 'sigmoid_cross_entropy', 'mse')
 FISHER_TYPES = ('type2', 'mc', 'empirical')
+# Floor of the sum of the label weights, so that an all-padding batch divides by no zero.
+MIN_WEIGHT_SUM = 1e-12
 
 
 def check_loss_and_fisher(loss: str, fisher_type: str) -> None:
@@ -190,3 +192,18 @@ def output_cotangents(loss: str, fisher_type: str, logits: jax.Array,
 
     columns = jax.vmap(sample_gradient)(jnp.arange(num_samples)) / jnp.sqrt(num_samples)
   return columns * jnp.sqrt(entry_mask / num_valid)
+
+
+def objective_mask(weights: jax.Array) -> jax.Array:
+  """The label mask scaled so that K-FAC's mean-over-examples loss is the training objective
+  `sum(weights * loss) / sum(weights)`: `weights * (examples with any weight) / sum(weights)`.
+
+  Args:
+    weights: `[N, ...]` label weights (0 for padding and missing labels).
+
+  Returns:
+    `[N, ...]`, the mask to pass to `precondition` / `compute_factors`.
+  """
+  per_example = weights.reshape(weights.shape[0], -1)
+  num_examples = jnp.sum(jnp.any(per_example != 0, axis=1))
+  return weights * (num_examples / jnp.maximum(jnp.sum(weights), MIN_WEIGHT_SUM))

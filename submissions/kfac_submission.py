@@ -49,8 +49,6 @@ KFAC_LOSSES = {
 # The stream of the step's rng that samples the MC-Fisher labels (the step's rng itself is the
 # dropout rng of both the gradient and the curvature pass).
 LABEL_SAMPLING_STREAM = 1
-# Floor of the sum of the label weights, so that an all-padding batch divides by no zero.
-MIN_WEIGHT_SUM = 1e-12
 # Hyperparameters handed to `kfac.kfac_optimizer` when the search space has them (with their
 # types); absent ones take `kfac.defaults`.
 OPTIONAL_SETTINGS = {'clip_update_norm': float, 'num_samples': int, 'inverse_method': str,
@@ -69,20 +67,12 @@ def kfac_loss_name(loss_type: spec.LossType) -> str:
   return KFAC_LOSSES[loss_type]
 
 
-def objective_mask(weights: jax.Array) -> jax.Array:
-  """The label mask scaled so that K-FAC's mean-over-examples loss is the training objective
-  `sum(mask * loss) / sum(mask)`: `weights * (examples with any weight) / sum(weights)`."""
-  per_example = weights.reshape(weights.shape[0], -1)
-  num_examples = jnp.sum(jnp.any(per_example != 0, axis=1))
-  return weights * (num_examples / jnp.maximum(jnp.sum(weights), MIN_WEIGHT_SUM))
-
-
 def curvature_extra_args(batch: Dict[str, Any], model_state, rng: jax.Array,
                          dropout_rate: Optional[jax.Array]) -> Dict[str, Any]:
   """The extra update arguments of `kfac.precondition` for one training batch."""
   weights = batch.get('weights')
   return {'inputs': batch['inputs'], 'targets': batch['targets'],
-          'mask': None if weights is None else objective_mask(jnp.asarray(weights)),
+          'mask': None if weights is None else kfac.losses.objective_mask(jnp.asarray(weights)),
           'rng': jax.random.fold_in(rng, LABEL_SAMPLING_STREAM),
           'apply_kwargs': {'model_state': model_state, 'rng': rng, 'dropout_rate': dropout_rate}}
 

@@ -13,7 +13,7 @@ import pytest
 
 import kfac
 from kfac import losses
-from submissions.kfac_submission import objective_mask
+from kfac.losses import objective_mask
 from tests import kfac_oracles as oracles
 from workloads.ogbg_molpcba import input_pipeline, synthetic_data
 

@@ -78,7 +78,7 @@ def statistics_rows(workload, params, model_state, batch: Dict[str, Any],
       flavours={path: flavours['/'.join(path)] for path in report.layers},
       loss=kfac_submission.kfac_loss_name(workload.loss_type), fisher_type='mc',
       rng=jax.random.PRNGKey(1),
-      mask=None if weights is None else kfac_submission.objective_mask(weights)), params)
+      mask=None if weights is None else kfac.losses.objective_mask(weights)), params)
   return {'/'.join(path): (rows.a_rows.shape[0], rows.g_rows.shape[0])
           for path, rows in statistics.items()}
 
