@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # jaxlib's CPU eigh uses scipy's OpenBLAS; multi-threaded it spin-waits against XLA (see benchmark/__init__.py).
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: run test test-slow bench bench-full bench-scaling venv data clean study
+.PHONY: run test test-slow bench bench-full bench-scaling bench-kfac-jax venv data clean study
 
 venv: $(STAMP)
 
@@ -55,6 +55,20 @@ bench-full: $(STAMP)
 # Nesterov vs K-FAC-reduce on 1, 2, 4, 8 devices (forced host devices on a CPU): docs/bench_scaling.md and .png.
 bench-scaling: $(STAMP)
 	$(BIN)/python scripts/bench_scaling.py
+
+# Our K-FAC step vs kfac-jax's (docs/bench_vs_kfac_jax.md); kfac-jax in a venv of its own. It pins
+# jax 0.9.1: kfac-jax 0.0.8 fails on jax >= 0.9.2 (see the script's docstring).
+KFAC_JAX_VENV ?= /work/kfacjax-venv
+KFAC_JAX_PACKAGES := kfac-jax==0.0.8 jax==0.9.1 jaxlib==0.9.1
+BENCH_KFAC_JAX_ARGS ?=
+
+$(KFAC_JAX_VENV)/.installed:
+	test -x $(KFAC_JAX_VENV)/bin/python || $(PYTHON) -m venv $(KFAC_JAX_VENV)
+	$(KFAC_JAX_VENV)/bin/python -m pip install --quiet $(KFAC_JAX_PACKAGES)
+	touch $@
+
+bench-kfac-jax: $(STAMP) $(KFAC_JAX_VENV)/.installed
+	$(BIN)/python scripts/bench_vs_kfac_jax.py --kfac_jax_python=$(KFAC_JAX_VENV)/bin/python $(BENCH_KFAC_JAX_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
