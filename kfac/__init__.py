@@ -10,7 +10,8 @@ Where things are (one job per module):
   `diagonal`, `identity`, low-rank and MAC blocks);
 * `factors`: the statistics pass (`compute_statistics`, `compute_factors`);
 * `tracing`, `example_axis`, `graph_rows`: finding and classifying the layers of a model;
-* `capture`: layer inputs and output gradients in one probed forward pass;
+* `capture`: layer inputs and output gradients in one probed forward pass; `fused`: the loss
+  gradient and the statistics from that one pass (`gradient_and_statistics`);
 * `layers`, `conv`: the expand / reduce rows of each layer kind; `losses`: output cotangents;
 * `param_paths`: parameter paths and gradient matrices; `laplace`, `marglik`: the Laplace
   approximation and marginal-likelihood hyperparameter selection;
@@ -28,6 +29,6 @@ from kfac.param_paths import kernel_matrix, split_kernel_matrix
 from kfac.plan import Fallback, PreconditionOptions
 from kfac.report import ReportRow, curvature_report, format_curvature_report
 from kfac.tracing import LayerInfo, LayerReport, layer_report
-from kfac.transform import kfac_optimizer, precondition
+from kfac.transform import gradient_and_statistics, kfac_optimizer, precondition
 
 INVERSE_METHODS = tuple(BLOCK_FACTORIES)

@@ -15,7 +15,7 @@ A module called several times has every call recorded (extra weight-sharing posi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -34,21 +34,35 @@ class CapturedForward(NamedTuple):
     output_gradients: `cotangent [*output.shape] -> {path: (d<output, cotangent>/d s_call, ...)}`,
       each gradient of its call's output shape (a `jax.vjp` pullback: `jax.vmap` it to get many
       cotangents in one pass).
+    aux: what `apply_fn` returned beside the output (`has_aux=True`), else None.
+    parameter_gradients: with `with_parameters=True`, `cotangent -> d<output, cotangent>/d params`
+      (the same pullback: the loss gradient of the same forward pass), else None.
   """
 
   output: jax.Array
   layer_inputs: Dict[LayerPath, Tuple[jax.Array, ...]]
   output_gradients: Callable[[jax.Array], Dict[LayerPath, Tuple[jax.Array, ...]]]
+  aux: Any = None
+  parameter_gradients: Optional[Callable[[jax.Array], Any]] = None
 
 
-def capture_forward(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inputs: Any,
-                    report: tracing.LayerReport) -> CapturedForward:
+def capture_forward(apply_fn: Callable[[Any, Any], Any], params: Any, inputs: Any,
+                    report: tracing.LayerReport, *, has_aux: bool = False,
+                    with_parameters: bool = False) -> CapturedForward:
   """Runs the model once, recording covered layers' inputs and their output pullback.
 
+  With `with_parameters=True` the pullback is taken w.r.t. the parameters too, so one forward
+  pass serves the loss gradient (`parameter_gradients(dloss/doutput)`) and the curvature
+  statistics (`output_gradients` of sampled cotangents): under `jit`, XLA drops the parameter
+  gradients of the pullbacks whose parameter part is unused.
+
   Args:
-    apply_fn, params, inputs: as for `kfac.tracing.layer_report`.
+    apply_fn, params, inputs: as for `kfac.tracing.layer_report`; with `has_aux=True`,
+      `apply_fn(params, inputs) -> (output, aux)` (e.g. the new batch-norm statistics).
     report: the layers to probe (`layer_report` of the same model and input shapes, possibly
       traced once at init).
+    has_aux: whether `apply_fn` returns `(output, aux)`.
+    with_parameters: also differentiate w.r.t. `params` (`CapturedForward.parameter_gradients`).
 
   Returns:
     A `CapturedForward`.
@@ -71,15 +85,21 @@ def capture_forward(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inpu
       return out + probes[path][index].astype(out.dtype)
     return interceptor
 
-  def forward(probes):
+  def forward(params, probes):
     recorded = {}
     with nn.intercept_methods(interceptor_for(probes, recorded, {})):
-      output = apply_fn(params, inputs)
-    return output, {path: tuple(xs) for path, xs in recorded.items()}
+      result = apply_fn(params, inputs)
+    output, aux = result if has_aux else (result, None)
+    return output, ({path: tuple(xs) for path, xs in recorded.items()}, aux)
 
   probes = {path: tuple(jnp.zeros(call.output_shape, jnp.float32) for call in info.calls)
             for path, info in report.layers.items()}
-  output, pullback, layer_inputs = jax.vjp(forward, probes, has_aux=True)
+  if with_parameters:
+    output, pullback, (layer_inputs, aux) = jax.vjp(forward, params, probes, has_aux=True)
+  else:
+    output, probe_pullback, (layer_inputs, aux) = jax.vjp(
+        lambda p: forward(params, p), probes, has_aux=True)
+    pullback = lambda cotangent: (None,) + probe_pullback(cotangent)  # noqa: E731
   calls_seen = {path: len(xs) for path, xs in layer_inputs.items()}
   calls_traced = {path: len(info.calls) for path, info in report.layers.items()}
   if calls_seen != calls_traced:
@@ -88,8 +108,11 @@ def capture_forward(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inpu
                        'every time (no jitted apply_fn, no data-dependent calls)')
 
   def output_gradients(cotangent):
-    (gradients,) = pullback(cotangent.astype(output.dtype))
-    return gradients
+    return pullback(cotangent.astype(output.dtype))[1]
+
+  def parameter_gradients(cotangent):
+    return pullback(cotangent.astype(output.dtype))[0]
 
   return CapturedForward(output=output, layer_inputs=layer_inputs,
-                         output_gradients=output_gradients)
+                         output_gradients=output_gradients, aux=aux,
+                         parameter_gradients=parameter_gradients if with_parameters else None)

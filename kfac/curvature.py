@@ -34,7 +34,7 @@ layer has accepted statistics.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -94,12 +94,18 @@ class CurvatureState(NamedTuple):
     return sum(self.rejected.values(), jnp.zeros([], jnp.int32))
 
 
+def curvature_states(tree: Any) -> List[CurvatureState]:
+  """Every `CurvatureState` in `tree` (e.g. the state of an optax chain holding
+  `kfac.precondition`), in tree order."""
+  found = jax.tree_util.tree_leaves(tree, is_leaf=lambda node: isinstance(node, CurvatureState))
+  return [state for state in found if isinstance(state, CurvatureState)]
+
+
 def rejections(tree: Any) -> Dict[str, Tuple[jax.Array, jax.Array]]:
   """`{'/'-joined layer path: (rejected, consecutive_rejected)}` of every `CurvatureState` in
-  `tree` (e.g. the state of an optax chain holding `kfac.precondition`), for logs and reports."""
-  found = jax.tree_util.tree_leaves(tree, is_leaf=lambda node: isinstance(node, CurvatureState))
+  `tree`, for logs and reports."""
   return {'/'.join(path): (state.rejected[path], state.consecutive_rejected[path])
-          for state in found if isinstance(state, CurvatureState) for path in state.rejected}
+          for state in curvature_states(tree) for path in state.rejected}
 
 
 def validate_config(config: CurvatureConfig) -> None:

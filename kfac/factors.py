@@ -45,6 +45,19 @@ def compute_statistics(apply_fn: Callable[..., jax.Array], params: Any, inputs: 
   and input shapes, traced once) and `flavours` (`layer_flavours`).
   """
   forward = capture.capture_forward(apply_fn, params, inputs, report)
+  return captured_statistics(forward, inputs, targets, report=report, flavours=flavours,
+                             loss=loss, fisher_type=fisher_type, rng=rng, mask=mask,
+                             num_samples=num_samples)
+
+
+def captured_statistics(forward: capture.CapturedForward, inputs: Any, targets: Any, *,
+                        report: tracing.LayerReport, flavours: Mapping[LayerPath, str],
+                        loss: str, fisher_type: str, rng: Optional[jax.Array] = None,
+                        mask: Optional[jax.Array] = None, num_samples: int = 1
+                        ) -> Dict[LayerPath, LayerStatistics]:
+  """The statistics of a captured forward pass (`kfac.capture.capture_forward` of `inputs`):
+  one backward pass per cotangent column of the loss curvature (vmapped), then every layer's
+  expand or reduce rows. Arguments as for `compute_statistics`."""
   cotangents = losses.output_cotangents(loss, fisher_type, forward.output, targets, mask=mask,
                                         rng=rng, num_samples=num_samples)
   output_gradients = jax.vmap(forward.output_gradients)(cotangents)

@@ -35,10 +35,11 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from kfac import curvature, factors, param_paths
+from kfac import curvature, factors, fused, param_paths
 from kfac import plan as planning
 from kfac import report
 
@@ -47,6 +48,26 @@ def _shape_signature(params: Any) -> Tuple[Any, ...]:
   """The static structure of a parameter tree: its treedef and every leaf's shape and dtype."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
   return (treedef,) + tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
+
+
+def _plan_cache(apply_fn: Callable[[Any, Any], jax.Array], options: planning.PreconditionOptions
+                ) -> Callable[[Any], planning.Plan]:
+  """`plan_for(params)`: the plan of `apply_fn(params, inputs) -> output` on
+  `options.sample_inputs`, traced once per parameter shape signature (a pure function of
+  shapes, cached)."""
+  plans: Dict[Tuple[Any, ...], planning.Plan] = {}
+
+  def plan_for(params: Any) -> planning.Plan:
+    signature = _shape_signature(params)
+    if signature not in plans:
+      plans[signature] = planning.make_plan(apply_fn, params, options.sample_inputs, options)
+    return plans[signature]
+
+  return plan_for
+
+
+def _layer_flavours(plan: planning.Plan) -> Dict[Any, str]:
+  return {path: layer.flavour for path, layer in plan.layers.items()}
 
 
 def precondition(apply_fn: Callable[..., jax.Array], *,
@@ -69,20 +90,15 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
   Returns:
     An `optax.GradientTransformationExtraArgs`. `init(params)` traces the plan and builds a
     `kfac.curvature.CurvatureState`; `update(grads, state, params, *, inputs, targets,
-    mask=None, rng=None, apply_kwargs=None)` updates the curvature when due (`rng` is required
-    for `fisher_type='mc'`), then returns the preconditioned gradients and the new state. Both
-    jit.
+    mask=None, rng=None, apply_kwargs=None, statistics=None)` updates the curvature when due
+    (`rng` is required for `fisher_type='mc'`), then returns the preconditioned gradients and
+    the new state. Both jit. `statistics`, when given (`gradient_and_statistics` of the same
+    options: the gradient's own forward pass), are used on statistics steps instead of a
+    statistics pass of its own (`inputs`, `targets`, ... are then not needed).
   """
   options = planning.validate_options(planning.PreconditionOptions(**options))
   init_kwargs = dict(sample_apply_kwargs or {})
-  plans: Dict[Tuple[Any, ...], planning.Plan] = {}  # A cache of a pure function of shapes.
-
-  def plan_for(params: Any) -> planning.Plan:
-    signature = _shape_signature(params)
-    if signature not in plans:
-      plans[signature] = planning.make_plan(
-          lambda p, x: apply_fn(p, x, **init_kwargs), params, options.sample_inputs, options)
-    return plans[signature]
+  plan_for = _plan_cache(lambda p, x: apply_fn(p, x, **init_kwargs), options)
 
   def config_for(plan: planning.Plan) -> curvature.CurvatureConfig:
     return planning.curvature_config(plan.layers, options)._replace(mesh=mesh)
@@ -94,21 +110,29 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
     config = config_for(plan)
     return jax.jit(lambda: curvature.init_curvature_state(config))()  # One compile, not one per op.
 
-  def update_fn(updates, state, params=None, *, inputs, targets, mask=None, rng=None,
-                apply_kwargs=None, **unused):
+  def update_fn(updates, state, params=None, *, inputs=None, targets=None, mask=None, rng=None,
+                apply_kwargs=None, statistics=None, **unused):
     del unused  # Extra arguments of other transformations in a chain.
     if params is None:
       raise ValueError('kfac.precondition needs params in update(grads, state, params, ...)')
     plan = plan_for(params)
     config = config_for(plan)
     step_kwargs = dict(apply_kwargs or {})
+    if statistics is not None and set(statistics) != set(plan.layers):
+      raise ValueError(f'statistics given for layers {sorted(statistics)} but the plan covers '
+                       f'{sorted(plan.layers)}: build gradient_and_statistics with the options '
+                       'of this precondition')
+    if statistics is None and inputs is None:
+      raise ValueError('kfac.precondition needs inputs= and targets= in update(...) (its '
+                       'statistics pass), or statistics= from gradient_and_statistics')
 
     def statistics_fn():
+      if statistics is not None:
+        return statistics
       return factors.compute_statistics(
           lambda p, x: apply_fn(p, x, **step_kwargs), params, inputs, targets,
-          report=plan.report, flavours={path: layer.flavour for path, layer in plan.layers.items()},
-          loss=options.loss, fisher_type=options.fisher_type, rng=rng, mask=mask,
-          num_samples=options.num_samples)
+          report=plan.report, flavours=_layer_flavours(plan), loss=options.loss,
+          fisher_type=options.fisher_type, rng=rng, mask=mask, num_samples=options.num_samples)
 
     state = curvature.update_curvature(state, statistics_fn, config)
     infos = {path: layer.info for path, layer in plan.layers.items()}
@@ -118,6 +142,73 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
                                       ), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+GradientAndStatisticsFn = Callable[..., Tuple[Tuple[jax.Array, Any], Any, Any]]
+
+
+def gradient_and_statistics(apply_fn: Callable[..., Tuple[jax.Array, Any]], *,
+                            sample_apply_kwargs: Optional[Mapping[str, Any]] = None,
+                            **options: Any) -> GradientAndStatisticsFn:
+  """The loss gradient and, on statistics steps, K-FAC's statistics from the same forward pass.
+
+  For a train step that hands `statistics` to `precondition` (or `kfac_optimizer`) built with
+  the same `options`, so a statistics step runs the model forward once (`kfac.fused`):
+
+      fused = kfac.gradient_and_statistics(apply_fn, **options)
+      optimizer = kfac.kfac_optimizer(lambda p, x, **kw: apply_fn(p, x, **kw)[0], **options, ...)
+      (loss, aux), grads, statistics = fused(loss_fn, params, opt_state, inputs=x, targets=y,
+                                             rng=rng, apply_kwargs=...)
+      updates, opt_state = optimizer.update(grads, opt_state, params, statistics=statistics)
+
+  Args:
+    apply_fn: `apply_fn(params, inputs, **apply_kwargs) -> (output [N, ...], aux)`, an
+      unmodified Flax apply (`aux`: e.g. the new batch-norm statistics).
+    sample_apply_kwargs: `apply_kwargs` of the trace of the plan, as for `precondition`.
+    **options: those of `precondition` (`loss`, `sample_inputs`, `flavour`, `fisher_type`,
+      `num_samples`, `cov_update_every`, `warm_start_steps`, ... : the same plan).
+
+  Returns:
+    `fn(loss_fn, params, opt_state, *, inputs, targets, mask=None, rng=None, apply_kwargs=None)
+    -> ((loss, aux), grads, statistics)` with `loss_fn(output) -> []`. On steps without
+    statistics (by `opt_state`'s curvature step counter, T_cov and the warm start; a
+    `lax.cond`), a plain `jax.value_and_grad` and zero statistics. Jittable.
+  """
+  options = planning.validate_options(planning.PreconditionOptions(**options))
+  init_kwargs = dict(sample_apply_kwargs or {})
+  plan_for = _plan_cache(lambda p, x: apply_fn(p, x, **init_kwargs)[0], options)
+
+  def fn(loss_fn, params, opt_state, *, inputs, targets, mask=None, rng=None, apply_kwargs=None):
+    plan = plan_for(params)
+    step_kwargs = dict(apply_kwargs or {})
+    model = lambda p, x: apply_fn(p, x, **step_kwargs)  # noqa: E731
+
+    def with_statistics(p):
+      return fused.value_grad_and_statistics(
+          loss_fn, model, p, inputs, targets, report=plan.report,
+          flavours=_layer_flavours(plan), loss=options.loss, fisher_type=options.fisher_type,
+          rng=rng, mask=mask, num_samples=options.num_samples)
+
+    states = curvature.curvature_states(opt_state)
+    if len(states) != 1:
+      raise ValueError(f'opt_state holds {len(states)} kfac.precondition states; '
+                       'gradient_and_statistics needs exactly one')
+    due = curvature.is_due(states[0].step, options.cov_update_every, options.warm_start_steps)
+    if options.cov_update_every == 1:
+      return with_statistics(params)
+
+    def without_statistics(p):
+      def objective(q):
+        output, aux = model(q, inputs)
+        return loss_fn(output), aux
+      (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(p)
+      shapes = jax.eval_shape(with_statistics, p)[2]
+      zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      return (value, aux), grads, zeros
+
+    return jax.lax.cond(due, with_statistics, without_statistics, params)
+
+  return fn
 
 
 def kfac_optimizer(apply_fn: Callable[..., jax.Array], *,

@@ -117,19 +117,35 @@ class TrainState(NamedTuple):
   build: Callable[[Optional[Dict[str, Any]]], StepFunctions]
 
 
+def objective_of_logits(workload, batch: Dict[str, Any], label_smoothing: jax.Array
+                        ) -> Callable[[jax.Array], jax.Array]:
+  """`logits -> loss`, the training objective: the workload's loss summed over valid entries /
+  their number."""
+  def objective(logits):
+    losses = workload.loss_fn(batch['targets'], logits, batch.get('weights'), label_smoothing)
+    return losses['summed'] / jnp.maximum(losses['n_valid_examples'], 1)
+  return objective
+
+
 def mean_loss(workload, params, batch: Dict[str, Any], model_state, rng: jax.Array,
               dropout_rate: Optional[jax.Array], label_smoothing: jax.Array):
-  """The training objective: the workload's loss summed over valid entries / their number."""
+  """The training objective of `params` on `batch` and the new model state."""
   logits, new_model_state = workload.model_fn(params, batch, model_state,
                                               spec.ForwardPassMode.TRAIN, rng,
                                               update_batch_norm=True, dropout_rate=dropout_rate)
-  losses = workload.loss_fn(batch['targets'], logits, batch.get('weights'), label_smoothing)
-  loss = losses['summed'] / jnp.maximum(losses['n_valid_examples'], 1)
-  return loss, new_model_state
+  return objective_of_logits(workload, batch, label_smoothing)(logits), new_model_state
+
+
+# `gradient_fn(params, model_state, opt_state, batch, rng, dropout_rate, label_smoothing)
+#  -> ((loss, new_model_state), grads, extra update arguments)`: an optimiser's own gradient pass
+# (K-FAC's: the loss gradient and the curvature statistics from one forward pass), traced inside
+# the step in place of `jax.value_and_grad(mean_loss)` and `extra_args_fn`.
+GradientFn = Callable[..., Any]
 
 
 def step_functions(workload, optimizer: optax.GradientTransformation,
-                   extra_args_fn: Optional[ExtraArgsFn] = None) -> StepFunctions:
+                   extra_args_fn: Optional[ExtraArgsFn] = None,
+                   gradient_fn: Optional[GradientFn] = None) -> StepFunctions:
   """`optimizer`'s init and a jitted train step on the workload's mean training loss.
 
   Data-parallel as upstream's baselines: jitted over the mesh of all devices
@@ -137,14 +153,20 @@ def step_functions(workload, optimizer: optax.GradientTransformation,
   model and optimiser state, rng, the loss) replicated; XLA partitions the step and sums the
   gradient over devices. One device: a plain `jit`. The dropout rate and the label smoothing are
   traced arguments, as upstream's baselines pass them, so a change of either does not recompile.
+  The gradient is `jax.value_and_grad(mean_loss)` and the update's extra arguments
+  `extra_args_fn`'s, or both `gradient_fn`'s when given.
   """
   optimizer = optax.with_extra_args_support(optimizer)
 
   def train_step(params, model_state, opt_state, batch, rng, dropout_rate, label_smoothing):
-    grad_fn = jax.value_and_grad(mean_loss, argnums=1, has_aux=True)
-    (loss, new_model_state), grads = grad_fn(workload, params, batch, model_state, rng,
-                                             dropout_rate, label_smoothing)
-    extra = extra_args_fn(batch, model_state, rng, dropout_rate) if extra_args_fn else {}
+    if gradient_fn is not None:
+      (loss, new_model_state), grads, extra = gradient_fn(
+          params, model_state, opt_state, batch, rng, dropout_rate, label_smoothing)
+    else:
+      grad_fn = jax.value_and_grad(mean_loss, argnums=1, has_aux=True)
+      (loss, new_model_state), grads = grad_fn(workload, params, batch, model_state, rng,
+                                               dropout_rate, label_smoothing)
+      extra = extra_args_fn(batch, model_state, rng, dropout_rate) if extra_args_fn else {}
     updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), new_model_state, opt_state, loss
 

@@ -16,10 +16,12 @@ Hyperparameters (JSON search spaces): the Nesterov reference's (`learning_rate`,
 `kfac.defaults`.
 
 The optimiser is built from the first batch `update_params` sees (its input shapes; no second
-input pipeline), once: its layer plan is traced then and reused. The curvature pass is the
-workload's own `model_fn(params, batch, model_state, ForwardPassMode.TRAIN, rng,
-update_batch_norm=False, dropout_rate=...)` with the step's model state, dropout rng and rate,
-on the step's batch, with labels sampled from the model (MC Fisher). Its loss is scaled to the
+input pipeline), once: its layer plan is traced then and reused. The curvature statistics come
+from the gradient's own forward pass (`kfac.gradient_and_statistics`, `fused_gradient_fn`): the
+workload's `model_fn(params, batch, model_state, ForwardPassMode.TRAIN, rng,
+update_batch_norm=True, dropout_rate=...)` is run once, its pullback taken with the loss
+cotangent (the gradient) and, on statistics steps, with labels sampled from the model (MC
+Fisher). Its loss is scaled to the
 training objective: the workload's loss is `summed / n_valid_examples`, K-FAC's the mean over
 examples of the per-example sum, so the mask handed to K-FAC is the label mask times
 `examples / sum(mask)` (1 for per-example masks).
@@ -81,17 +83,46 @@ def _setting(hyperparameters, name: str, default: Any) -> Any:
   return getattr(hyperparameters, name, default)
 
 
-def training_logits(workload):
-  """`apply_fn(params, inputs, *, model_state, rng, dropout_rate)` of `kfac.precondition`: the
-  workload's training-mode forward pass, batch-norm statistics left as they are."""
+def training_logits_and_state(workload):
+  """`apply_fn(params, inputs, *, model_state, rng, dropout_rate) -> (logits, new_model_state)`:
+  the gradient pass's training forward pass (`common.mean_loss`), batch norm on the batch's
+  statistics, so the curvature is that of the function whose gradient is taken."""
 
   def apply_fn(params, inputs, *, model_state, rng, dropout_rate):
-    logits, _ = workload.model_fn(params, {'inputs': inputs}, model_state,
-                                  spec.ForwardPassMode.TRAIN, rng, update_batch_norm=False,
-                                  dropout_rate=dropout_rate)
-    return logits
+    return workload.model_fn(params, {'inputs': inputs}, model_state, spec.ForwardPassMode.TRAIN,
+                             rng, update_batch_norm=True, dropout_rate=dropout_rate)
 
   return apply_fn
+
+
+def training_logits(workload):
+  """`apply_fn(params, inputs, *, model_state, rng, dropout_rate) -> logits` of
+  `kfac.precondition`: the logits of `training_logits_and_state` (the new model state is the
+  gradient pass's to return)."""
+  apply_with_state = training_logits_and_state(workload)
+
+  def apply_fn(params, inputs, **kwargs):
+    return apply_with_state(params, inputs, **kwargs)[0]
+
+  return apply_fn
+
+
+def fused_gradient_fn(workload, preconditioner: Dict[str, Any]) -> common.GradientFn:
+  """The train step's `gradient_fn` (`common.step_functions`): the loss gradient, the new model
+  state and, on statistics steps, the curvature statistics from one forward pass
+  (`kfac.gradient_and_statistics` with the optimiser's `preconditioner` options), handed to the
+  optimiser's update as `statistics`."""
+  gradient_and_statistics = kfac.gradient_and_statistics(training_logits_and_state(workload),
+                                                         **preconditioner)
+
+  def gradient_fn(params, model_state, opt_state, batch, rng, dropout_rate, label_smoothing):
+    extra = curvature_extra_args(batch, model_state, rng, dropout_rate)
+    (loss, new_model_state), grads, statistics = gradient_and_statistics(
+        common.objective_of_logits(workload, batch, label_smoothing), params, opt_state,
+        **{name: extra[name] for name in ('inputs', 'targets', 'mask', 'rng', 'apply_kwargs')})
+    return (loss, new_model_state), grads, {'statistics': statistics}
+
+  return gradient_fn
 
 
 def kfac_optimizer_arguments(workload, hyperparameters, flavour: str, sample_inputs: Any,
@@ -141,13 +172,16 @@ LayerOverrides = Callable[[Callable[[Any, Any], jax.Array], Any, Any], Dict[str,
 
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng, *,
                          flavour: str, inverse_method: Optional[str] = None,
-                         layer_overrides: Optional[LayerOverrides] = None) -> common.TrainState:
+                         layer_overrides: Optional[LayerOverrides] = None,
+                         fused_statistics: bool = True) -> common.TrainState:
   """A TrainState whose K-FAC optimiser is built from the first training batch (lazily).
 
   `inverse_method` is the submission's block where the hyperparameters name none;
   `layer_overrides(apply_fn, param_shapes, sample_inputs)` (once, at the build) gives per-layer
   options (e.g. MAC's `inverse_method_overrides` and `flavour_overrides` of the input layers)
-  for `apply_fn(params, inputs)`, the traced training forward pass.
+  for `apply_fn(params, inputs)`, the traced training forward pass. `fused_statistics`: the
+  statistics come from the gradient's forward pass (`fused_gradient_fn`); False runs
+  `kfac.precondition`'s own statistics pass after the gradient pass (for comparisons).
   """
   del rng
   param_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -165,10 +199,11 @@ def init_optimizer_state(workload, model_params, model_state, hyperparameters, r
           arguments['sample_inputs']))
     # The train step's mesh: the inverse step spreads the layers' decompositions over it.
     mesh = common.jax_sharding_utils.get_replicate_sharding().mesh
+    preconditioner = {k: v for k, v in arguments.items() if k not in OPTIMIZER_ONLY_ARGUMENTS}
     functions = common.step_functions(
         workload, kfac.kfac_optimizer(training_logits(workload), mesh=mesh, **arguments),
-        extra_args_fn=curvature_extra_args)
-    preconditioner = {k: v for k, v in arguments.items() if k not in OPTIMIZER_ONLY_ARGUMENTS}
+        extra_args_fn=curvature_extra_args,
+        gradient_fn=fused_gradient_fn(workload, preconditioner) if fused_statistics else None)
     report = functools.lru_cache(maxsize=None)(
         lambda: kfac.curvature_report(training_logits(workload), param_shapes, **preconditioner))
     return KfacStepFunctions(*functions, report=report)
