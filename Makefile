@@ -58,7 +58,7 @@ bench-scaling: $(STAMP)
 
 # Our K-FAC step vs kfac-jax's (docs/bench_vs_kfac_jax.md); kfac-jax in a venv of its own. It pins
 # jax 0.9.1: kfac-jax 0.0.8 fails on jax >= 0.9.2 (see the script's docstring).
-KFAC_JAX_VENV ?= /work/kfacjax-venv
+KFAC_JAX_VENV ?= .venv-kfac-jax
 KFAC_JAX_PACKAGES := kfac-jax==0.0.8 jax==0.9.1 jaxlib==0.9.1
 BENCH_KFAC_JAX_ARGS ?=
 

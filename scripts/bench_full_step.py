@@ -6,10 +6,13 @@ the ogbg-molpcba GraphNetwork) this times the submissions' own jitted training s
 
   * Nesterov: `submissions.nesterov.nesterov_optimizer` (weight decay, then SGD with Nesterov
     momentum), the AlgoPerf reference;
-  * K-FAC-reduce and K-FAC-expand: `submissions.kfac_submission.kfac_optimizer`, the optimiser
-    the K-FAC submissions train with (`kfac.kfac_optimizer`, MC Fisher with one sample, exact
-    damping `DAMPING`, statistics from the workload's training-mode `model_fn` with the
-    step's model state and dropout rng, `curvature_extra_args` for the label mask).
+  * K-FAC-reduce, K-FAC-expand and MAC: the step the K-FAC submissions train with, built by
+    their own `init_optimizer_state` from the batch (`kfac.kfac_optimizer`, MC Fisher with one
+    sample, damping `DAMPING`, the loss gradient and the statistics from one forward pass:
+    `kfac.gradient_and_statistics`);
+  * K-FAC-reduce (two passes): the same optimiser with `kfac.precondition`'s own statistics pass
+    after the gradient pass (`fused_statistics=False`, the step before the fused pass), so the
+    table gives the statistics step before and after.
 
 **Phases.** A K-FAC step does one of three amounts of curvature work, chosen inside the jitted
 step by two `lax.cond` gates on the step counter (`kfac.curvature.update_curvature`): a *plain*
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import benchmark  # noqa: F401  (pins OpenBLAS to one thread before numpy and jax load it)
 
+import functools
 import os
 import statistics
 import sys
@@ -66,7 +70,7 @@ import workloads
 from benchmark import environment
 from contract.errors import BenchmarkError
 from contract.workload import Workload
-from submissions import common, kfac_submission, nesterov
+from submissions import common, kfac_submission, mac, nesterov
 from workloads import image_pipeline
 from workloads.ogbg_molpcba import input_pipeline as ogbg_pipeline
 from workloads.ogbg_molpcba.synthetic_data import synthetic_molecules
@@ -75,8 +79,18 @@ DAMPING = 1e-3
 # Statistics and inverses every 10 steps: the amortised step of the table.
 AMORTISE_EVERY = 10
 PHASES = ('plain', 'statistics', 'statistics+inverse')
-OPTIMISERS = ('Nesterov', 'K-FAC-reduce', 'K-FAC-expand')
-KFAC_FLAVOURS = {'K-FAC-reduce': 'reduce', 'K-FAC-expand': 'expand'}
+# The K-FAC submissions' optimiser-state builders (`init_optimizer_state`, built from the batch):
+# K-FAC with the statistics from the gradient's forward pass (the submissions' default), K-FAC
+# with `kfac.precondition`'s own statistics pass after the gradient pass (as before the fused
+# pass), and MAC.
+KFAC_BUILDERS = {
+    'K-FAC-reduce': functools.partial(kfac_submission.init_optimizer_state, flavour='reduce'),
+    'K-FAC-reduce (two passes)': functools.partial(kfac_submission.init_optimizer_state,
+                                                   flavour='reduce', fused_statistics=False),
+    'K-FAC-expand': functools.partial(kfac_submission.init_optimizer_state, flavour='expand'),
+    'MAC': mac.init_optimizer_state,
+}
+OPTIMISERS = ('Nesterov',) + tuple(KFAC_BUILDERS)
 
 
 class TimingHyperparameters(NamedTuple):
@@ -149,6 +163,8 @@ for _name, _setup in SETUPS.items():
   flags.DEFINE_integer(_setup.batch_flag, None,
                        f'{_name} batch size (default: the full config\'s on an accelerator, '
                        f'{_setup.cpu_batch_size} on a CPU).')
+flags.DEFINE_list('optimisers', list(OPTIMISERS), f'Optimisers to time, from {OPTIMISERS} '
+                  '(Nesterov, the reference of the ratios, is always timed).')
 flags.DEFINE_integer('repeats', 5, 'Timed cycles of 4 steps per optimiser (medians reported).')
 flags.DEFINE_string('output', 'docs/bench_full_step.md', 'Markdown report path.')
 
@@ -193,20 +209,20 @@ def amortised_seconds(plain_s: float, statistics_inverse_s: float,
   return (statistics_inverse_s + (every - 1) * plain_s) / every
 
 
-def step_functions(workload: Workload, optimiser: str, batch: Batch, model_state: Any
-                   ) -> common.StepFunctions:
+def step_functions(workload: Workload, optimiser: str, params: Any, batch: Batch,
+                   model_state: Any) -> common.StepFunctions:
   """The optimiser's init and jitted train step, as the submissions build them."""
-  if optimiser in KFAC_FLAVOURS:
-    optimizer = kfac_submission.kfac_optimizer(workload, HYPERPARAMETERS, KFAC_FLAVOURS[optimiser],
-                                               kfac_submission.input_shapes(batch), model_state)
-    return common.step_functions(workload, optimizer, kfac_submission.curvature_extra_args)
+  if optimiser in KFAC_BUILDERS:
+    state = KFAC_BUILDERS[optimiser](workload, params, model_state, HYPERPARAMETERS,
+                                     jax.random.PRNGKey(0))
+    return state.build(batch)
   return common.step_functions(workload,
                                nesterov.nesterov_optimizer(workload.step_hint, HYPERPARAMETERS))
 
 
 def step_phase(optimiser: str, step: int) -> str:
   """The curvature work of step `step`: one of `PHASES` (Nesterov's steps are all plain)."""
-  if optimiser in KFAC_FLAVOURS:
+  if optimiser in KFAC_BUILDERS:
     return kfac_submission.step_phase(step, HYPERPARAMETERS)
   return 'plain'
 
@@ -222,7 +238,7 @@ class TimedRun:
     # The dropout rate (None: the workload's) and label smoothing the submissions pass.
     self.regularisation = (None, np.float32(HYPERPARAMETERS.label_smoothing))
     started = time.perf_counter()
-    functions = step_functions(workload, optimiser, batch, model_state)
+    functions = step_functions(workload, optimiser, params, batch, model_state)
     self.carry = (params, model_state, functions.init(params))
     self.compiled = functions.train_step.lower(*self.carry, batch, self.rng,
                                                *self.regularisation).compile(
@@ -261,7 +277,8 @@ def out_of_memory_error(workload: Workload, optimiser: str, batch_size: int,
 
 def time_workload(workload: Workload, batch_size: int, repeats: int,
                   log: Callable[[str], None] = print,
-                  compiler_options: Optional[Dict[str, Any]] = None) -> WorkloadTiming:
+                  compiler_options: Optional[Dict[str, Any]] = None,
+                  optimisers: Tuple[str, ...] = OPTIMISERS) -> WorkloadTiming:
   """Every optimiser of `OPTIMISERS` on one synthetic batch of `workload`.
 
   Args:
@@ -270,6 +287,7 @@ def time_workload(workload: Workload, batch_size: int, repeats: int,
     repeats: timed cycles of `CYCLE_STEPS` steps per optimiser, after one warm-up cycle.
     log: progress lines.
     compiler_options: XLA options of every compilation (tests turn optimisation off).
+    optimisers: those of `OPTIMISERS` to time (Nesterov is added first when missing).
 
   Returns:
     The seconds of every timed step, by optimiser and phase.
@@ -280,7 +298,7 @@ def time_workload(workload: Workload, batch_size: int, repeats: int,
   params, model_state = workload.init_model_fn(jax.random.PRNGKey(0))
   num_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
   runs = []
-  for optimiser in OPTIMISERS:
+  for optimiser in ('Nesterov',) + tuple(name for name in optimisers if name != 'Nesterov'):
     try:
       run = TimedRun(workload, optimiser, params, model_state, batch, compiler_options)
       run.run_cycle(record=False)  # Warm-up.
@@ -386,6 +404,9 @@ def run_benchmark() -> None:
     raise BenchmarkError(f'unknown workloads {unknown}; choose from {", ".join(SETUPS)}')
   if FLAGS.repeats < 1:
     raise BenchmarkError(f'--repeats must be at least 1, got {FLAGS.repeats}')
+  unknown = [name for name in FLAGS.optimisers if name not in OPTIMISERS]
+  if unknown:
+    raise BenchmarkError(f'unknown optimisers {unknown}; choose from {", ".join(OPTIMISERS)}')
   on_cpu = jax.devices()[0].platform == 'cpu'
   print(device_statement(on_cpu), flush=True)
   timings, notes = [], {}
@@ -394,7 +415,8 @@ def run_benchmark() -> None:
     batch_size, notes[workload.variant_name] = batch_size_and_note(workload, on_cpu)
     print(f'{name}: batch size {notes[workload.variant_name]}', flush=True)
     timings.append(time_workload(workload, batch_size, FLAGS.repeats,
-                                 log=lambda line: print(line, flush=True)))
+                                 log=lambda line: print(line, flush=True),
+                                 optimisers=tuple(FLAGS.optimisers)))
   print(write_report(FLAGS.output, timings, notes, FLAGS.repeats, on_cpu))
   print(f'written to {FLAGS.output}')
 

@@ -11,7 +11,7 @@ Issue 13's goal: our K-FAC step no slower than kfac-jax's (0.0.8) on
 with curvature statistics every step, and inverses every step (`T_inv = 1`) and every 10 steps.
 
 **One process per side and model.** kfac-jax lives in an interpreter of its own (`--kfac_jax_python`,
-`/work/kfacjax-venv/bin/python` by default, which `make bench-kfac-jax` creates), so the project's
+`.venv-kfac-jax/bin/python` by default, which `make bench-kfac-jax` creates), so the project's
 environment never holds it. This script is the driver and, with `--worker`, the worker: per
 model it runs our side (`--our_python`, this interpreter by default) and then kfac-jax's, each
 printing one JSON line (its versions and rows); the driver prints a Markdown table and writes
@@ -101,7 +101,7 @@ flags.DEFINE_list('sides', ['ours', 'kfac_jax'], 'Sides to time.')
 flags.DEFINE_enum('activation', 'tanh', ['tanh', 'relu'], 'Hidden activation of the MLP.')
 flags.DEFINE_enum('flavour', 'expand', ['expand', 'reduce'], 'Our K-FAC flavour (dense_seq; '
                   'the MLP has no weight sharing, where both are the same).')
-flags.DEFINE_string('kfac_jax_python', '/work/kfacjax-venv/bin/python',
+flags.DEFINE_string('kfac_jax_python', '.venv-kfac-jax/bin/python',
                     'The interpreter with kfac-jax installed.')
 flags.DEFINE_string('our_python', None, 'The interpreter of our side (default: this one).')
 flags.DEFINE_string('output', 'docs/bench_vs_kfac_jax.md', 'Markdown report path.')
