@@ -8,7 +8,8 @@ mean activation (blocks `'mac'`, `kfac.blocks.mac`); the layers reading the mode
 ViT's patch embedding, the WRN's stem, both ogbg embeddings: `kfac.mac.input_layer_paths`) get
 the exact input covariance instead (`'mac_input'` with K-FAC-expand's per-position rows, as the
 paper prescribes). No output-gradient factor: XLA drops the backward part of the statistics
-pass, so a statistics step costs one extra forward pass.
+pass, and the mean activations come from the gradient's own forward pass
+(`kfac.gradient_and_statistics`), so a statistics step adds only the mean reductions.
 
 `damping` is the paper's decoupled lambda (reference values 1.0 for CNNs, 3.0 for vision
 transformers), not K-FAC's Tikhonov damping. The rest of the optimiser is the K-FAC
