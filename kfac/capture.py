@@ -11,17 +11,22 @@ the network output (times a loss-Hessian square root column) w.r.t. the layer ou
 
 Everything is traceable: it runs inside `jit`, and the probes add nothing to the forward values.
 A module called several times has every call recorded (extra weight-sharing positions).
+
+The same forward pass records every `nn.MultiHeadDotProductAttention` call
+(`kfac.mac.record_attention`, a second interceptor): MAC's attention variant gives the value
+projections the attention-weighted mean activation (`kfac.factors.captured_statistics`). The
+other blocks never read it, and under `jit` XLA drops it as dead code.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kfac import tracing
+from kfac import mac, tracing
 from kfac.param_paths import LayerPath
 
 
@@ -34,6 +39,9 @@ class CapturedForward(NamedTuple):
     output_gradients: `cotangent [*output.shape] -> {path: (d<output, cotangent>/d s_call, ...)}`,
       each gradient of its call's output shape (a `jax.vjp` pullback: `jax.vmap` it to get many
       cotangents in one pass).
+    attention: `{path of a value projection: [kfac.mac.AttentionCall, ...]}`, one entry per
+      supported `nn.MultiHeadDotProductAttention` call (`kfac.mac.record_attention`), for MAC's
+      attention-weighted mean.
     aux: what `apply_fn` returned beside the output (`has_aux=True`), else None.
     parameter_gradients: with `with_parameters=True`, `cotangent -> d<output, cotangent>/d params`
       (the same pullback: the loss gradient of the same forward pass), else None.
@@ -42,6 +50,7 @@ class CapturedForward(NamedTuple):
   output: jax.Array
   layer_inputs: Dict[LayerPath, Tuple[jax.Array, ...]]
   output_gradients: Callable[[jax.Array], Dict[LayerPath, Tuple[jax.Array, ...]]]
+  attention: Dict[LayerPath, List[mac.AttentionCall]]
   aux: Any = None
   parameter_gradients: Optional[Callable[[jax.Array], Any]] = None
 
@@ -49,7 +58,8 @@ class CapturedForward(NamedTuple):
 def capture_forward(apply_fn: Callable[[Any, Any], Any], params: Any, inputs: Any,
                     report: tracing.LayerReport, *, has_aux: bool = False,
                     with_parameters: bool = False) -> CapturedForward:
-  """Runs the model once, recording covered layers' inputs and their output pullback.
+  """Runs the model once, recording covered layers' inputs, their output pullback and the
+  attention calls (`kfac.mac.record_attention`).
 
   With `with_parameters=True` the pullback is taken w.r.t. the parameters too, so one forward
   pass serves the loss gradient (`parameter_gradients(dloss/doutput)`) and the curvature
@@ -86,18 +96,20 @@ def capture_forward(apply_fn: Callable[[Any, Any], Any], params: Any, inputs: An
     return interceptor
 
   def forward(params, probes):
-    recorded = {}
-    with nn.intercept_methods(interceptor_for(probes, recorded, {})):
+    recorded, attention = {}, {}
+    with mac.record_attention(attention), nn.intercept_methods(
+        interceptor_for(probes, recorded, {})):
       result = apply_fn(params, inputs)
     output, aux = result if has_aux else (result, None)
-    return output, ({path: tuple(xs) for path, xs in recorded.items()}, aux)
+    return output, ({path: tuple(xs) for path, xs in recorded.items()}, attention, aux)
 
   probes = {path: tuple(jnp.zeros(call.output_shape, jnp.float32) for call in info.calls)
             for path, info in report.layers.items()}
   if with_parameters:
-    output, pullback, (layer_inputs, aux) = jax.vjp(forward, params, probes, has_aux=True)
+    output, pullback, (layer_inputs, attention, aux) = jax.vjp(forward, params, probes,
+                                                               has_aux=True)
   else:
-    output, probe_pullback, (layer_inputs, aux) = jax.vjp(
+    output, probe_pullback, (layer_inputs, attention, aux) = jax.vjp(
         lambda p: forward(params, p), probes, has_aux=True)
     pullback = lambda cotangent: (None,) + probe_pullback(cotangent)  # noqa: E731
   calls_seen = {path: len(xs) for path, xs in layer_inputs.items()}
@@ -114,5 +126,5 @@ def capture_forward(apply_fn: Callable[[Any, Any], Any], params: Any, inputs: An
     return pullback(cotangent.astype(output.dtype))[0]
 
   return CapturedForward(output=output, layer_inputs=layer_inputs,
-                         output_gradients=output_gradients, aux=aux,
+                         output_gradients=output_gradients, attention=attention, aux=aux,
                          parameter_gradients=parameter_gradients if with_parameters else None)

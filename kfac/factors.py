@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 
-from kfac import capture, graph_rows, layers, losses, tracing
+from kfac import capture, graph_rows, layers, losses, mac, tracing
 from kfac.blocks import LayerStatistics
 from kfac.param_paths import LayerPath, match_pattern
 
@@ -57,7 +57,9 @@ def captured_statistics(forward: capture.CapturedForward, inputs: Any, targets: 
                         ) -> Dict[LayerPath, LayerStatistics]:
   """The statistics of a captured forward pass (`kfac.capture.capture_forward` of `inputs`):
   one backward pass per cotangent column of the loss curvature (vmapped), then every layer's
-  expand or reduce rows. Arguments as for `compute_statistics`."""
+  expand or reduce rows. The value projection of every supported attention module gets MAC's
+  attention-weighted mean as its `a_mean` (`kfac.mac.with_attention_means`; read by the `'mac'`
+  block only, dead code under `jit` for the others). Arguments as for `compute_statistics`."""
   cotangents = losses.output_cotangents(loss, fisher_type, forward.output, targets, mask=mask,
                                         rng=rng, num_samples=num_samples)
   output_gradients = jax.vmap(forward.output_gradients)(cotangents)
@@ -68,7 +70,7 @@ def captured_statistics(forward: capture.CapturedForward, inputs: Any, targets: 
               for call in info.calls]
     statistics[path] = layers.layer_statistics(info, flavours[path], forward.layer_inputs[path],
                                                output_gradients[path], groups)
-  return statistics
+  return mac.with_attention_means(statistics, forward.attention, weights, report)
 
 
 def compute_factors(apply_fn: Callable[[Any, Any], jax.Array], params: Any, inputs: Any,

@@ -21,7 +21,9 @@ features), K-FAC's Fisher block is `A kron B`. MAC keeps one vector per layer:
 * Attention: the value projection's input, as the loss sees it, is `S x` (S the attention
   probabilities), so its `abar` is the attention-weighted mean `E[sum_j S_ij x_j]`
   (`attention_weighted_mean`); query and key projections use the plain mean. `record_attention`
-  captures `S` from unmodified `nn.MultiHeadDotProductAttention` calls.
+  captures `S` from unmodified `nn.MultiHeadDotProductAttention` calls inside the statistics
+  pass's forward (`kfac.capture.capture_forward`), and `with_attention_means` puts the result in
+  the value projections' `LayerStatistics.a_mean` (`kfac.factors.captured_statistics`).
 
 The math is pure and jittable; `record_attention` (inside the traced forward pass) and
 `input_layer_paths` (a shape-only trace at setup) are the tracing helpers. docs/mac.md has the
@@ -38,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from kfac.param_paths import LayerPath
-from kfac.tracing import LayerReport, layer_input
+from kfac.tracing import LayerInfo, LayerReport, layer_input
 
 # -- Exponential average with bias correction ---------------------------------------------------
 
@@ -147,14 +149,33 @@ def attention_weighted_mean(calls: Sequence[AttentionCall], example_weights: jax
   return a_bar
 
 
+def rows_are_examples(calls: Sequence[AttentionCall], info: LayerInfo, num_examples: int
+                      ) -> bool:
+  """Whether the example weights `[N]` attach to a value projection's attention calls: every
+  call of the projection has the examples as its leading (row) axis, and so has every
+  recorded `S` (not so, e.g., for a graph layer whose rows are nodes)."""
+  return (all(call.rows == 'examples' and call.example_axis == 0 for call in info.calls)
+          and all(call.probs.shape[0] == num_examples for call in calls))
+
+
 def with_attention_means(statistics: Dict[LayerPath, Any],
                          records: Dict[LayerPath, List[AttentionCall]],
                          example_weights: jax.Array, report: LayerReport) -> Dict[LayerPath, Any]:
   """`{path: LayerStatistics}` with `a_mean` of every recorded value projection replaced by its
-  `attention_weighted_mean` (the statistics pass's hook for the attention variant)."""
+  `attention_weighted_mean`: MAC's attention variant, applied by the statistics pass
+  (`kfac.factors.captured_statistics`). Value projections whose calls fail `rows_are_examples`
+  keep the plain mean.
+
+  Args:
+    statistics: `{path: LayerStatistics}` of every covered layer (`kfac.layers`).
+    records: the attention calls by value-projection path (`record_attention`).
+    example_weights: `[N]` 1 for valid examples, 0 for padding ones.
+    report: the covered layers (`has_bias`, the row axis of every call).
+  """
   return {path: stats._replace(a_mean=attention_weighted_mean(
               records[path], example_weights, report.layers[path].has_bias))
-          if path in records else stats
+          if path in records and rows_are_examples(records[path], report.layers[path],
+                                                   report.num_examples) else stats
           for path, stats in statistics.items()}
 
 

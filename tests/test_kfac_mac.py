@@ -3,6 +3,10 @@ brute-force loops over examples, heads, queries and convolution locations."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from typing import Any, Dict, NamedTuple, Tuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,9 +15,12 @@ import numpy as np
 import pytest
 
 import kfac
+import workloads
 from kfac import factors, mac, tracing
 from kfac.blocks import BlockOptions, LayerStatistics, make_block
+from submissions import kfac_submission
 from tests.kfac_oracles import fast_compilation  # noqa: F401 (fixture: compile without XLA passes)
+from tests.test_submissions_upstream_api import hyperparameters_of
 
 DAMPINGS = (1e-3, 0.1, 1.0, 10.0)
 
@@ -110,15 +117,47 @@ def test_mac_input_block_is_the_damped_exact_input_covariance():
 
 
 class _AttentionModel(nn.Module):
-  """One self-attention layer (value projection with bias) and a linear head."""
+  """Optionally a LayerNorm, one self-attention layer (projections with biases) and a linear
+  head on the mean token."""
 
   normalize_qk: bool = False
+  layer_norm: bool = False
 
   @nn.compact
   def __call__(self, x, mask):
+    if self.layer_norm:
+      x = nn.LayerNorm(use_bias=False, name='norm')(x)
     y = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=4, name='attention',
                                         normalize_qk=self.normalize_qk)(x, mask=mask)
-    return nn.Dense(2)(y.mean(axis=1))
+    return nn.Dense(2, name='head')(y.mean(axis=1))
+
+
+class _AttentionProblem(NamedTuple):
+  """A batch of 4 sequences of 4 tokens for `_AttentionModel`: `inputs = (x, mask)` with the
+  attention mask `[4, 1, 4, 4]` (key padding; example 1's query 3 attends nowhere), the loss
+  mask `[4]` (example 2 is padding, with values far from the others), and random parameters."""
+
+  model: nn.Module
+  params: Any
+  inputs: Tuple[np.ndarray, np.ndarray]
+  loss_mask: np.ndarray
+
+
+VALID_EXAMPLES = (0, 1, 3)
+
+
+def _attention_problem(**model_options: bool) -> _AttentionProblem:
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(4, 4, 5)).astype(np.float32)
+  x[2] = 10.0 * x[2] + 30.0  # padding: must not move any mean
+  key_valid = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 1, 1]], bool)
+  mask = np.broadcast_to(key_valid[:, None, None, :], (4, 1, 4, 4)).copy()
+  mask[1, :, 3, :] = False  # example 1, query 3 attends nowhere: excluded from abar_V
+  loss_mask = np.isin(np.arange(4), VALID_EXAMPLES).astype(np.float32)
+  model = _AttentionModel(**model_options)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(1), x, mask)  # no init compilation
+  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  return _AttentionProblem(model, params, (x, mask), loss_mask)
 
 
 def _layer_norm(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -127,22 +166,54 @@ def _layer_norm(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
   return centred / np.sqrt(centred.var(axis=-1, keepdims=True) + 1e-6) * scale
 
 
+def _numpy_attention_probs(attention: Any, x: np.ndarray, mask: np.ndarray,
+                           normalize_qk: bool) -> np.ndarray:
+  """Flax's attention probabilities `S [N, H, L_q, L_k]` of input `x [N, L, D]`, float64, by a
+  loop over examples, heads and queries (a query that attends nowhere gets uniform weights, as
+  Flax's masked softmax gives it)."""
+  q = np.einsum('nld,dhk->nlhk', x, attention['query']['kernel']) + attention['query']['bias']
+  k = np.einsum('nld,dhk->nlhk', x, attention['key']['kernel']) + attention['key']['bias']
+  if normalize_qk:
+    q = _layer_norm(q, attention['query_ln']['scale'])
+    k = _layer_norm(k, attention['key_ln']['scale'])
+  n, length, heads, head_dim = q.shape
+  probs = np.zeros((n, heads, length, length))
+  for example in range(n):
+    for head in range(heads):
+      for query in range(length):
+        allowed = mask[example, 0, query]
+        if not allowed.any():
+          probs[example, head, query] = 1.0 / length
+          continue
+        logits = np.array([q[example, query, head] @ k[example, j, head] / np.sqrt(head_dim)
+                           for j in range(length)])
+        scores = np.where(allowed, np.exp(logits - logits[allowed].max()), 0.0)
+        probs[example, head, query] = scores / scores.sum()
+  return probs
+
+
+def _numpy_value_mean(probs: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The paper's `abar_V`: the mean over valid examples, heads and attending queries i of
+  `sum_j S_hij x_j` (bias coordinate 1), by a loop."""
+  rows = [np.append(sum(probs[example, head, query, j] * x[example, j]
+                        for j in range(x.shape[1])), 1.0)
+          for example in VALID_EXAMPLES for head in range(probs.shape[1])
+          for query in range(x.shape[1]) if mask[example, 0, query].any()]
+  return np.mean(rows, axis=0)
+
+
+def _numpy_plain_mean(a: np.ndarray) -> np.ndarray:
+  """The plain mean activation of layer inputs `a [N, L, P]` over valid examples and tokens,
+  bias coordinate 1."""
+  return np.append(a[list(VALID_EXAMPLES)].reshape(-1, a.shape[-1]).mean(axis=0), 1.0)
+
+
 @pytest.mark.parametrize('normalize_qk', [False, True])
 def test_attention_variant_equals_brute_force_formula(normalize_qk):
   """abar_V = mean over valid examples n, heads h, attending queries i of sum_j S_hij x_j."""
-  n, length, width, heads = 3, 4, 5, 2
-  x = jax.random.normal(jax.random.PRNGKey(0), (n, length, width))
-  key_valid = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
-  mask = np.broadcast_to(key_valid[:, None, None, :], (n, 1, length, length)).copy()
-  mask[1, :, 3, :] = False  # example 1, query 3 attends nowhere: excluded
-  example_weights = jnp.array([1.0, 1.0, 0.0])  # example 2 is padding
-  model = _AttentionModel(normalize_qk=normalize_qk)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(1), x, mask)  # no init compilation
-  rng = np.random.default_rng(4)
-  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
-
-  apply_fn = lambda params, inputs: model.apply(params, *inputs)
-  report = tracing.layer_report(apply_fn, params, (x, mask))
+  problem = _attention_problem(normalize_qk=normalize_qk)
+  apply_fn = lambda params, inputs: problem.model.apply(params, *inputs)
+  report = tracing.layer_report(apply_fn, problem.params, problem.inputs)
   plain = {path: LayerStatistics(a_rows=jnp.zeros((1, 1)), g_rows=jnp.zeros((1, 1)),
                                  a_mean=jnp.zeros(6)) for path in report.layers}
 
@@ -154,31 +225,95 @@ def test_attention_variant_equals_brute_force_formula(normalize_qk):
     assert list(records) == [('attention', 'value')]
     return mac.with_attention_means(plain, records, example_weights, report)
 
-  replaced = statistics(params, (x, mask), example_weights)
+  replaced = statistics(problem.params, problem.inputs, problem.loss_mask)
   np.testing.assert_array_equal(replaced[('attention', 'key')].a_mean, np.zeros(6))
-  result = replaced[('attention', 'value')].a_mean
-
   attention = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64),
-                                     params['params']['attention'])
-  x = np.asarray(x, np.float64)
-  q = np.einsum('nld,dhk->nlhk', x, attention['query']['kernel']) + attention['query']['bias']
-  k = np.einsum('nld,dhk->nlhk', x, attention['key']['kernel']) + attention['key']['bias']
-  if normalize_qk:
-    q = _layer_norm(q, attention['query_ln']['scale'])
-    k = _layer_norm(k, attention['key_ln']['scale'])
-  rows = []
-  for example in (0, 1):
-    for head in range(heads):
-      for query in range(length):
-        allowed = mask[example, 0, query]
-        if not allowed.any():
-          continue
-        logits = np.array([q[example, query, head] @ k[example, j, head] / np.sqrt(2)
-                           for j in range(length)])
-        scores = np.where(allowed, np.exp(logits - logits[allowed].max()), 0.0)
-        scores /= scores.sum()
-        rows.append(np.append(sum(scores[j] * x[example, j] for j in range(length)), 1.0))
-  np.testing.assert_allclose(result, np.mean(rows, axis=0), rtol=1e-5, atol=1e-6)
+                                     problem.params['params']['attention'])
+  x, mask = np.asarray(problem.inputs[0], np.float64), problem.inputs[1]
+  expected = _numpy_value_mean(_numpy_attention_probs(attention, x, mask, normalize_qk), x, mask)
+  np.testing.assert_allclose(replaced[('attention', 'value')].a_mean, expected, rtol=1e-5,
+                             atol=1e-6)
+
+
+def _mac_block_means(problem: _AttentionProblem, statistics_pass: str) -> Dict[str, np.ndarray]:
+  """`{layer: abar}` of every 'mac' block after one `kfac.precondition` update (statistics and
+  inverse at step 0, EMA weight 1: the batch's `a_mean`), its statistics from `precondition`'s
+  own pass or from `kfac.gradient_and_statistics`."""
+  apply_fn = lambda params, inputs: problem.model.apply(params, *inputs)  # noqa: E731
+  options = dict(loss='mse', sample_inputs=problem.inputs, inverse_method='mac',
+                 fisher_type='type2', damping=1.0)
+  transform = kfac.precondition(apply_fn, **options)
+  fused = kfac.gradient_and_statistics(lambda p, x: (apply_fn(p, x), None), **options)
+  targets = jnp.zeros((4, 2))
+
+  def curvature_state(params, inputs, loss_mask):
+    state = transform.init(params)
+    grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    if statistics_pass == 'precondition':
+      return transform.update(grads, state, params, inputs=inputs, targets=targets,
+                              mask=loss_mask)[1]
+    _, _, statistics = fused(lambda output: jnp.mean(output ** 2), params, state, inputs=inputs,
+                             targets=targets, mask=loss_mask)
+    return transform.update(grads, state, params, statistics=statistics)[1]
+
+  (curvature,) = kfac.curvature.curvature_states(
+      jax.jit(curvature_state)(problem.params, problem.inputs, problem.loss_mask))
+  return {'/'.join(path): np.asarray(block.a_bar) for path, block in curvature.blocks.items()}
+
+
+@pytest.mark.parametrize('statistics_pass', ['precondition', 'fused'])
+def test_mac_value_projection_gets_the_attention_mean_in_both_statistics_passes(statistics_pass):
+  """LayerNorm -> attention -> head with a padding example: the value projection's MAC block
+  holds the paper's `abar_V` (numpy loops), the query, key and output projections the plain mean
+  activation of their inputs."""
+  problem = _attention_problem(layer_norm=True)
+  means = _mac_block_means(problem, statistics_pass)
+  params = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), problem.params['params'])
+  attention = params['attention']
+  x, mask = np.asarray(problem.inputs[0], np.float64), problem.inputs[1]
+  normed = _layer_norm(x, params['norm']['scale'])
+  probs = _numpy_attention_probs(attention, normed, mask, normalize_qk=False)
+  values = np.einsum('nld,dhk->nlhk', normed, attention['value']['kernel']
+                     ) + attention['value']['bias']
+  heads_out = np.einsum('nhij,njhk->nihk', probs, values)  # [N, L, H, head_dim]
+  expected = {'attention/value': _numpy_value_mean(probs, normed, mask),
+              'attention/query': _numpy_plain_mean(normed),
+              'attention/key': _numpy_plain_mean(normed),
+              'attention/out': _numpy_plain_mean(heads_out.reshape(4, 4, -1))}
+  for layer, mean in expected.items():
+    np.testing.assert_allclose(means[layer], mean, rtol=1e-5, atol=1e-6, err_msg=layer)
+  assert not np.allclose(means['attention/value'], _numpy_plain_mean(normed), atol=1e-3)
+
+
+def test_attention_recording_costs_no_flops_outside_mac(monkeypatch):
+  """XLA's cost analysis: the K-FAC-reduce factors (what 'eigh' reads) of the attention model cost
+  the same flops with and without the attention recording of the statistics pass (dead code,
+  removed), while MAC's mean activations read it (a few more flops)."""
+  problem = _attention_problem(layer_norm=True)
+  apply_fn = lambda params, inputs: problem.model.apply(params, *inputs)  # noqa: E731
+  report = tracing.layer_report(apply_fn, problem.params, problem.inputs)
+  options = dict(report=report, loss='mse', fisher_type='type2', mask=problem.loss_mask)
+  targets = jnp.zeros((4, 2))
+
+  def reduce_factors(params):
+    return factors.compute_factors(apply_fn, params, problem.inputs, targets, flavour='reduce',
+                                   **options)
+
+  def mean_activations(params):
+    statistics = factors.compute_statistics(
+        apply_fn, params, problem.inputs, targets,
+        flavours={path: 'reduce' for path in report.layers}, **options)
+    return {path: layer.a_mean for path, layer in statistics.items()}
+
+  def flops(fn):
+    analysis = jax.jit(lambda p: fn(p)).lower(problem.params).compile().cost_analysis()
+    return (analysis[0] if isinstance(analysis, (list, tuple)) else analysis)['flops']
+
+  recorded = flops(reduce_factors), flops(mean_activations)
+  monkeypatch.setattr(mac, 'record_attention', lambda records: contextlib.nullcontext())
+  unrecorded = flops(reduce_factors), flops(mean_activations)
+  assert recorded[0] == unrecorded[0]
+  assert recorded[1] > unrecorded[1]
 
 
 class _ConvModel(nn.Module):
@@ -279,3 +414,56 @@ def test_mac_through_precondition_equals_the_hand_computed_steps():
   expected_head = damping * _dense_solve(a_bar, as_matrix(grads, 'head'), damping)
   np.testing.assert_allclose(as_matrix(updates, 'hidden'), expected_hidden, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(as_matrix(updates, 'head'), expected_head, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # 19 s alone, 38 s beside the other MAC/fused/capture/factors tests (2 cores).
+def test_mac_submission_gives_the_vit_value_projections_attention_means():
+  """Two steps of the `mac` submission on the tiny ViT (statistics and inverse at step 0 only):
+  every value projection's block holds the attention-weighted mean of the first batch at the
+  initial parameters, every query and key projection the plain mean of the same input (computed
+  here from a recorded forward pass, outside the statistics pass)."""
+  workload = workloads.get_workload('imagenet_vit', 'tiny')
+  module = importlib.import_module('submissions.imagenet_vit.mac')
+  hyperparameters = hyperparameters_of('imagenet_vit', 'mac')._replace(
+      warm_start_steps=0, cov_update_every=5, inverse_update_every=5)
+  params, model_state = workload.init_model_fn(jax.random.PRNGKey(0))
+  queue = workload._build_input_queue(jax.random.PRNGKey(1), 'train', None,
+                                      workload.train_batch_size)
+  state = module.init_optimizer_state(workload, params, model_state, hyperparameters,
+                                     jax.random.PRNGKey(2))
+  current, current_state, batches = params, model_state, []
+  for step in range(2):
+    batches.append(next(queue))
+    state, current, current_state = module.update_params(
+        workload, current, workload.model_params_types, current_state, hyperparameters,
+        batches[-1], workload.loss_type, state, [], step, jax.random.PRNGKey(3 + step))
+  (curvature,) = kfac.curvature.curvature_states(state.opt_state)
+  blocks = {row.layer: row.block for row in state.functions.report()}
+
+  @jax.jit
+  def recorded_attention(params, inputs):
+    records = {}
+    with mac.record_attention(records):
+      kfac_submission.training_logits(workload)(
+          params, inputs, model_state=model_state, rng=jax.random.PRNGKey(0),
+          dropout_rate=hyperparameters.dropout_rate)
+    return records
+
+  records = recorded_attention(params, batches[0]['inputs'])
+  weights = kfac.losses.example_weights(kfac.losses.objective_mask(batches[0]['weights']),
+                                        len(batches[0]['targets']))
+  assert np.all(weights == 1)  # The plain means below are over all examples.
+  value_layers = sorted(layer for layer in blocks if layer.endswith('/value'))
+  assert value_layers and sorted('/'.join(path) for path in records) == value_layers
+  for value_path, calls in records.items():
+    attention_path = value_path[:-1]
+    attention_mean = mac.attention_weighted_mean(calls, weights, has_bias=True)
+    plain_mean = jnp.append(calls[0].value_input.reshape(-1, calls[0].value_input.shape[-1]
+                                                         ).mean(axis=0), 1.0)
+    assert blocks['/'.join(value_path)] == 'mac'
+    np.testing.assert_allclose(curvature.blocks[value_path].a_bar, attention_mean, rtol=1e-4,
+                               atol=1e-5)
+    assert not np.allclose(attention_mean, plain_mean, atol=1e-3)
+    for projection in ('query', 'key'):
+      np.testing.assert_allclose(curvature.blocks[attention_path + (projection,)].a_bar,
+                                 plain_mean, rtol=1e-4, atol=1e-5)

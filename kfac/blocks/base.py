@@ -39,7 +39,8 @@ class LayerStatistics(NamedTuple):
       column (last) folded in). reduce: `n_a = N`; expand: `n_a = N * R`.
     g_rows: `[n_b, dim_b]`: this batch's `B = g_rows.T @ g_rows` (MC samples folded in).
     a_mean: `[dim_a]`: weighted mean activation over valid examples and positions (bias
-      coordinate = 1): MAC's a-bar.
+      coordinate = 1): MAC's a-bar; for the value projection of an attention module, the
+      attention-weighted mean `kfac.mac.attention_weighted_mean`.
 
   Unused fields cost nothing: everything is traced under jit and XLA drops dead code.
   """
