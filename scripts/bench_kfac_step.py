@@ -10,6 +10,9 @@ times a full jitted training step (loss gradient, optimiser update, parameter up
     statistics and inverses every step (`T_cov = T_inv = 1`), and with statistics every step and
     inverses amortised over `T_inv` steps;
   * K-FAC-reduce with both amortised (`T_cov = T_inv`);
+  * every K-FAC variant takes the statistics from the gradient's forward pass
+    (`kfac.gradient_and_statistics`); K-FAC-reduce "(two passes)" runs `kfac.precondition`'s
+    own statistics pass after the gradient pass instead (the step before the fused pass);
   * the low-rank blocks (`kfac.blocks.lowrank`): K-FAC-reduce with B-KFAC's Brand updates
     ('brand', the work is on statistics steps) with statistics every step and amortised, with
     RS-KFAC ('rsvd', the work is on inverse steps) with inverses every step and amortised, and
@@ -141,11 +144,15 @@ class Case(NamedTuple):
 
 
 class Variant(NamedTuple):
-  """An optimiser to time: `make(case) -> GradientTransformation`."""
+  """An optimiser to time: `make(case) -> GradientTransformation`; a K-FAC variant
+  (`uses_kfac`) takes its statistics from the gradient's forward pass
+  (`kfac.gradient_and_statistics` of `options(case)`) unless `two_passes`."""
 
   name: str
   make: Callable[[Case], optax.GradientTransformation]
   uses_kfac: bool
+  options: Optional[Callable[[Case], Dict[str, Any]]] = None
+  two_passes: bool = False
 
 
 def count_parameters(params: Any) -> int:
@@ -245,57 +252,68 @@ def variants(inverse_every: int) -> List[Variant]:
     del case
     return optax.sgd(LEARNING_RATE, momentum=0.9, nesterov=True)
 
-  def curvature_variant(options_fn, cov_every, inv_every):
+  def schedule_options(options_fn, cov_every, inv_every):
+    def options(case):
+      return dict(loss=case.loss, sample_inputs=case.batch['inputs'], fisher_type='mc',
+                  cov_update_every=cov_every, inverse_update_every=inv_every, **options_fn(case))
+    return options
+
+  def curvature_variant(name, options_fn, cov_every, inv_every, two_passes=False):
+    options = schedule_options(options_fn, cov_every, inv_every)
+
     def make(case):
       return kfac.kfac_optimizer(case.apply_fn, learning_rate=LEARNING_RATE, momentum=0.9,
-                                 loss=case.loss, sample_inputs=case.batch['inputs'],
-                                 fisher_type='mc', cov_update_every=cov_every,
-                                 inverse_update_every=inv_every, **options_fn(case))
-    return make
+                                 **options(case))
+    return Variant(name, make, True, options, two_passes)
 
-  def kfac_variant(flavour, cov_every, inv_every, method=None):
-    return curvature_variant(kfac_options(flavour, method or FLAGS.inverse_method), cov_every,
-                             inv_every)
+  def kfac_variant(name, flavour, cov_every, inv_every, method=None, two_passes=False):
+    return curvature_variant(name, kfac_options(flavour, method or FLAGS.inverse_method),
+                             cov_every, inv_every, two_passes)
 
   k = inverse_every
   return [
       Variant('Nesterov', nesterov, False),
-      Variant('K-FAC-reduce, T_cov=1, T_inv=1', kfac_variant('reduce', 1, 1), True),
-      Variant(f'K-FAC-reduce, T_cov=1, T_inv={inverse_every}',
-              kfac_variant('reduce', 1, inverse_every), True),
-      Variant('K-FAC-expand, T_cov=1, T_inv=1', kfac_variant('expand', 1, 1), True),
-      Variant(f'K-FAC-expand, T_cov=1, T_inv={inverse_every}',
-              kfac_variant('expand', 1, inverse_every), True),
-      Variant(f'K-FAC-reduce, T_cov={inverse_every}, T_inv={inverse_every}',
-              kfac_variant('reduce', inverse_every, inverse_every), True),
-      Variant(f'K-FAC-reduce brand, T_cov=1, T_inv={k}', kfac_variant('reduce', 1, k, 'brand'),
-              True),
-      Variant(f'K-FAC-reduce brand, T_cov={k}, T_inv={k}', kfac_variant('reduce', k, k, 'brand'),
-              True),
-      Variant('K-FAC-reduce rsvd, T_cov=1, T_inv=1', kfac_variant('reduce', 1, 1, 'rsvd'), True),
-      Variant(f'K-FAC-reduce rsvd, T_cov=1, T_inv={k}', kfac_variant('reduce', 1, k, 'rsvd'),
-              True),
-      Variant(f'K-FAC-expand brand, T_cov=1, T_inv={k}', kfac_variant('expand', 1, k, 'brand'),
-              True),
-      Variant('MAC, T_cov=1, T_inv=1', curvature_variant(mac_options, 1, 1), True),
-      Variant(f'MAC, T_cov={k}, T_inv={k}', curvature_variant(mac_options, k, k), True),
+      kfac_variant('K-FAC-reduce, T_cov=1, T_inv=1', 'reduce', 1, 1),
+      kfac_variant(f'K-FAC-reduce, T_cov=1, T_inv={k}', 'reduce', 1, k),
+      kfac_variant(f'K-FAC-reduce (two passes), T_cov=1, T_inv={k}', 'reduce', 1, k,
+                   two_passes=True),
+      kfac_variant('K-FAC-expand, T_cov=1, T_inv=1', 'expand', 1, 1),
+      kfac_variant(f'K-FAC-expand, T_cov=1, T_inv={k}', 'expand', 1, k),
+      kfac_variant(f'K-FAC-reduce, T_cov={k}, T_inv={k}', 'reduce', k, k),
+      kfac_variant(f'K-FAC-reduce (two passes), T_cov={k}, T_inv={k}', 'reduce', k, k,
+                   two_passes=True),
+      kfac_variant(f'K-FAC-reduce brand, T_cov=1, T_inv={k}', 'reduce', 1, k, 'brand'),
+      kfac_variant(f'K-FAC-reduce brand, T_cov={k}, T_inv={k}', 'reduce', k, k, 'brand'),
+      kfac_variant('K-FAC-reduce rsvd, T_cov=1, T_inv=1', 'reduce', 1, 1, 'rsvd'),
+      kfac_variant(f'K-FAC-reduce rsvd, T_cov=1, T_inv={k}', 'reduce', 1, k, 'rsvd'),
+      kfac_variant(f'K-FAC-expand brand, T_cov=1, T_inv={k}', 'expand', 1, k, 'brand'),
+      curvature_variant('MAC, T_cov=1, T_inv=1', mac_options, 1, 1),
+      curvature_variant(f'MAC, T_cov={k}, T_inv={k}', mac_options, k, k),
   ]
 
 
 def make_train_step(case: Case, optimizer: optax.GradientTransformation,
-                    uses_kfac: bool) -> Callable:
-  """The jitted training step `(params, opt_state, rng) -> (params, opt_state, loss)`."""
+                    variant: Variant) -> Callable:
+  """The jitted training step `(params, opt_state, rng) -> (params, opt_state, loss)`: the loss
+  gradient, then (K-FAC) the statistics of the same forward pass (`kfac.gradient_and_statistics`)
+  or, for `two_passes`, the optimiser's own statistics pass."""
   batch = case.batch
-
-  def loss_fn(params):
-    logits = case.apply_fn(params, batch['inputs'])
-    return batch_loss(case.loss, logits, batch['targets'], batch['mask'])
+  objective = lambda logits: batch_loss(case.loss, logits, batch['targets'], batch['mask'])  # noqa: E731
+  kfac_args = dict(inputs=batch['inputs'], targets=batch['targets'], mask=batch['mask'])
+  fused = (variant.uses_kfac and not variant.two_passes and
+           kfac.gradient_and_statistics(lambda p, x: (case.apply_fn(p, x), None),
+                                        **variant.options(case)))
 
   @jax.jit
   def train_step(params, opt_state, rng):
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    extra = dict(inputs=batch['inputs'], targets=batch['targets'], mask=batch['mask'], rng=rng)
-    updates, opt_state = optimizer.update(grads, opt_state, params, **(extra if uses_kfac else {}))
+    if fused:
+      (loss, _), grads, statistics = fused(objective, params, opt_state, rng=rng, **kfac_args)
+      extra = {'statistics': statistics}
+    else:
+      loss, grads = jax.value_and_grad(lambda p: objective(case.apply_fn(p, batch['inputs'])))(
+          params)
+      extra = dict(kfac_args, rng=rng) if variant.uses_kfac else {}
+    updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state, loss
 
   return train_step
@@ -310,7 +328,7 @@ def prepared_repeat(case: Case, variant: Variant, steps_per_repeat: int
   the step counter (and with it the T_cov / T_inv phase) advances as in training.
   """
   optimizer = variant.make(case)
-  train_step = make_train_step(case, optimizer, variant.uses_kfac)
+  train_step = make_train_step(case, optimizer, variant)
   keys = jax.random.split(jax.random.PRNGKey(2), steps_per_repeat)
   carry = {'params': case.params, 'opt_state': jax.jit(optimizer.init)(case.params)}
   peak = peak_mib(train_step.lower(carry['params'], carry['opt_state'], keys[0]).compile())
