@@ -90,11 +90,14 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
   Returns:
     An `optax.GradientTransformationExtraArgs`. `init(params)` traces the plan and builds a
     `kfac.curvature.CurvatureState`; `update(grads, state, params, *, inputs, targets,
-    mask=None, rng=None, apply_kwargs=None, statistics=None)` updates the curvature when due
-    (`rng` is required for `fisher_type='mc'`), then returns the preconditioned gradients and
-    the new state. Both jit. `statistics`, when given (`gradient_and_statistics` of the same
-    options: the gradient's own forward pass), are used on statistics steps instead of a
-    statistics pass of its own (`inputs`, `targets`, ... are then not needed).
+    mask=None, rng=None, apply_kwargs=None, statistics=None, damping=None)` updates the
+    curvature when due (`rng` is required for `fisher_type='mc'`), then returns the
+    preconditioned gradients and the new state. Both jit. `statistics`, when given
+    (`gradient_and_statistics` of the same options: the gradient's own forward pass), are used
+    on statistics steps instead of a statistics pass of its own (`inputs`, `targets`, ... are
+    then not needed). `damping`, when given (a float or a traced scalar `> 0`), replaces the
+    configured `damping` for this update (the inverses it computes and the products it
+    applies), so that runs differing only in damping share one compiled step.
   """
   options = planning.validate_options(planning.PreconditionOptions(**options))
   init_kwargs = dict(sample_apply_kwargs or {})
@@ -111,12 +114,14 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
     return jax.jit(lambda: curvature.init_curvature_state(config))()  # One compile, not one per op.
 
   def update_fn(updates, state, params=None, *, inputs=None, targets=None, mask=None, rng=None,
-                apply_kwargs=None, statistics=None, **unused):
+                apply_kwargs=None, statistics=None, damping=None, **unused):
     del unused  # Extra arguments of other transformations in a chain.
     if params is None:
       raise ValueError('kfac.precondition needs params in update(grads, state, params, ...)')
     plan = plan_for(params)
     config = config_for(plan)
+    if damping is not None:
+      config = config._replace(damping=damping)
     step_kwargs = dict(apply_kwargs or {})
     if statistics is not None and set(statistics) != set(plan.layers):
       raise ValueError(f'statistics given for layers {sorted(statistics)} but the plan covers '

@@ -62,25 +62,70 @@ def decay_steps(step_hint: int, hyperparameters: Any) -> int:
   return int(factor * (step_hint - warmup_steps(step_hint, hyperparameters)))
 
 
+def schedule_hyperparameters(step_hint: int, hyperparameters: Any) -> Dict[str, Any]:
+  """The numbers of a trial's warmup + decay schedule: `learning_rate`, `warmup_steps` and
+  `decay_steps`, the step counts computed here on the host (upstream's `int` of a float64
+  product; in float32 `int(0.29 x 100)` is 29, not 28). Numbers are Python floats and ints, so
+  that every trial's optimiser state has the same dtypes (a JSON `0` is not an int32 here)."""
+  return {'learning_rate': float(hyperparameters.learning_rate),
+          'warmup_steps': warmup_steps(step_hint, hyperparameters),
+          'decay_steps': decay_steps(step_hint, hyperparameters)}
+
+
+def _linear_warmup(count: jax.Array, learning_rate: Any, warmup: Any) -> jax.Array:
+  """`optax.linear_schedule(0, learning_rate, max(warmup, 1))` of numbers that may be traced."""
+  steps = jnp.maximum(warmup, 1)
+  return (0.0 - learning_rate) * (1 - jnp.clip(count, 0, steps) / steps) + learning_rate
+
+
+def warmup_linear_decay(learning_rate: Any, end_learning_rate: Any, warmup: Any, decay: Any
+                        ) -> optax.Schedule:
+  """Upstream's Nesterov schedule: linear warmup from 0 to `learning_rate` over `warmup` steps,
+  then linear decay to `end_learning_rate` over `decay` steps, constant after. The numbers may be
+  traced (a train step's arguments); the formulas are optax's `linear_schedule`,
+  `polynomial_schedule` and `join_schedules`, so the values are theirs."""
+  def schedule(count):
+    steps = jnp.maximum(decay, 1)
+    fraction = 1 - jnp.clip(count - warmup, 0, steps) / steps
+    decayed = (learning_rate - end_learning_rate) * fraction + end_learning_rate
+    return jnp.where(count < warmup, _linear_warmup(count, learning_rate, warmup), decayed)
+  return schedule
+
+
+def warmup_cosine_decay(learning_rate: Any, warmup: Any, decay: Any) -> optax.Schedule:
+  """Upstream's NAdamW schedule: linear warmup from 0 to `learning_rate` over `warmup` steps,
+  then cosine decay to 0 over `decay` steps, 0 after. The numbers may be traced; the formulas
+  are optax's `linear_schedule`, `cosine_decay_schedule` and `join_schedules`."""
+  def schedule(count):
+    steps = jnp.maximum(decay, 1)
+    cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count - warmup, steps) / steps))
+    return jnp.where(count < warmup, _linear_warmup(count, learning_rate, warmup),
+                     learning_rate * cosine)
+  return schedule
+
+
 def warmup_linear_decay_schedule(step_hint: int, hyperparameters: Any) -> optax.Schedule:
-  """Upstream's Nesterov schedule: linear warmup from 0 to `learning_rate` over `warmup_steps`,
-  then linear decay to `learning_rate x end_factor` over `decay_steps`, constant after."""
-  peak, warmup = hyperparameters.learning_rate, warmup_steps(step_hint, hyperparameters)
-  decay = optax.polynomial_schedule(
-      init_value=peak, end_value=peak * hyperparameters.end_factor, power=1,
-      transition_steps=max(decay_steps(step_hint, hyperparameters), 1))
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), decay],
-                              boundaries=[warmup])
+  """`warmup_linear_decay` of a trial's hyperparameters: to `learning_rate x end_factor`."""
+  values = schedule_hyperparameters(step_hint, hyperparameters)
+  return warmup_linear_decay(values['learning_rate'],
+                             hyperparameters.learning_rate * hyperparameters.end_factor,
+                             values['warmup_steps'], values['decay_steps'])
 
 
 def warmup_cosine_decay_schedule(step_hint: int, hyperparameters: Any) -> optax.Schedule:
-  """Upstream's NAdamW schedule: linear warmup from 0 to `learning_rate` over `warmup_steps`,
-  then cosine decay to 0 over `decay_steps`, 0 after."""
-  peak, warmup = hyperparameters.learning_rate, warmup_steps(step_hint, hyperparameters)
-  decay = optax.cosine_decay_schedule(init_value=peak,
-                                      decay_steps=max(decay_steps(step_hint, hyperparameters), 1))
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), decay],
-                              boundaries=[warmup])
+  """`warmup_cosine_decay` of a trial's hyperparameters."""
+  values = schedule_hyperparameters(step_hint, hyperparameters)
+  return warmup_cosine_decay(values['learning_rate'], values['warmup_steps'],
+                             values['decay_steps'])
+
+
+def traced_hyperparameters(optimizer: Callable[..., optax.GradientTransformation],
+                           **values: Any) -> optax.GradientTransformationExtraArgs:
+  """`optimizer(**values)` with its numbers held in its state (`optax.inject_hyperparams`:
+  float32 scalars, int32 for ints; `None` and non-numbers stay as given), so the jitted train
+  step reads them as arguments: the trials of a study, which differ in these values only, lower
+  to one HLO and share one compiled step (a hit of the persistent compilation cache)."""
+  return optax.inject_hyperparams(optimizer, hyperparam_dtype=jnp.float32)(**values)
 
 
 def data_selection(workload, input_queue, optimizer_state, current_param_container, model_state,
@@ -152,7 +197,9 @@ def step_functions(workload, optimizer: optax.GradientTransformation,
   (`jax_sharding_utils`), the batch split along its leading dimension, everything else (params,
   model and optimiser state, rng, the loss) replicated; XLA partitions the step and sums the
   gradient over devices. One device: a plain `jit`. The dropout rate and the label smoothing are
-  traced arguments, as upstream's baselines pass them, so a change of either does not recompile.
+  traced arguments, as upstream's baselines pass them, so a change of either does not recompile;
+  the optimiser's numbers are arguments too where its state holds them
+  (`traced_hyperparameters`).
   The gradient is `jax.value_and_grad(mean_loss)` and the update's extra arguments
   `extra_args_fn`'s, or both `gradient_fn`'s when given.
   """

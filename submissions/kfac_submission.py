@@ -1,9 +1,12 @@
 """K-FAC (expand or reduce) behind the AlgoPerf submission API, for any workload.
 
-The optimiser is `kfac.kfac_optimizer`: K-FAC preconditioning of every Dense/DenseGeneral/Conv
-layer (norm parameters and embeddings pass through), weight decay added to the preconditioned
-gradient, Nesterov momentum `1 - one_minus_beta1`, and the Nesterov reference's warmup +
-linear-decay schedule (`common.warmup_linear_decay_schedule`). The paper runs K-FAC on the
+The optimiser is `kfac_optimizer`, `kfac.kfac_optimizer`'s chain: K-FAC preconditioning of every
+Dense/DenseGeneral/Conv layer (norm parameters and embeddings pass through), weight decay added
+to the preconditioned gradient, Nesterov momentum `1 - one_minus_beta1`, and the Nesterov
+reference's warmup + linear-decay schedule (`common.warmup_linear_decay`). Its numbers (the
+schedule's, momentum, weight decay, damping, the clipping norm) are held in the optimiser state
+(`common.traced_hyperparameters`), so a study's trials share one compiled train step; the damping
+reaches `kfac.precondition`'s update as its `damping` argument. The paper runs K-FAC on the
 reference's schedule with warmup and horizon scaled by 0.75 (Eschenhagen et al. 2023, section 4):
 the search spaces write that scaling into `warmup_factor` and `decay_steps_factor`.
 
@@ -12,8 +15,8 @@ Hyperparameters (JSON search spaces): the Nesterov reference's (`learning_rate`,
 `label_smoothing`, `dropout_rate`) plus `damping` and, optionally, `cov_update_every` (T_cov),
 `inverse_update_every` (T_inv), `ema_decay`, `clip_update_norm`, `num_samples`,
 `inverse_method`, `inverse_rank`, `lowrank_damping`, `brand_max_rows`, `warm_start_steps`
-(statistics and inverses on every step before it): `OPTIONAL_SETTINGS`. Absent ones take
-`kfac.defaults`.
+(statistics and inverses on every step before it): `clip_update_norm` and `OPTIONAL_SETTINGS`.
+Absent ones take `kfac.defaults`.
 
 The optimiser is built from the first batch `update_params` sees (its input shapes; no second
 input pipeline), once: its layer plan is traced then and reused. The curvature statistics come
@@ -37,10 +40,11 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 import kfac
 from kfac import defaults
-from submissions import common
+from submissions import common, nesterov
 from submissions.common import spec
 
 KFAC_LOSSES = {
@@ -51,15 +55,11 @@ KFAC_LOSSES = {
 # The stream of the step's rng that samples the MC-Fisher labels (the step's rng itself is the
 # dropout rng of both the gradient and the curvature pass).
 LABEL_SAMPLING_STREAM = 1
-# Hyperparameters handed to `kfac.kfac_optimizer` when the search space has them (with their
+# Hyperparameters handed to `kfac.precondition` when the search space has them (with their
 # types); absent ones take `kfac.defaults`.
-OPTIONAL_SETTINGS = {'clip_update_norm': float, 'num_samples': int, 'inverse_method': str,
-                     'inverse_rank': int, 'ema_decay': float, 'cov_update_every': int,
-                     'inverse_update_every': int, 'warm_start_steps': int,
-                     'lowrank_damping': str, 'brand_max_rows': int}
-# The keyword arguments of `kfac.kfac_optimizer` that `kfac.precondition` does not take.
-OPTIMIZER_ONLY_ARGUMENTS = ('learning_rate', 'momentum', 'nesterov', 'weight_decay',
-                            'clip_update_norm')
+OPTIONAL_SETTINGS = {'num_samples': int, 'inverse_method': str, 'inverse_rank': int,
+                     'ema_decay': float, 'cov_update_every': int, 'inverse_update_every': int,
+                     'warm_start_steps': int, 'lowrank_damping': str, 'brand_max_rows': int}
 
 
 def kfac_loss_name(loss_type: spec.LossType) -> str:
@@ -125,20 +125,18 @@ def fused_gradient_fn(workload, preconditioner: Dict[str, Any]) -> common.Gradie
   return gradient_fn
 
 
-def kfac_optimizer_arguments(workload, hyperparameters, flavour: str, sample_inputs: Any,
-                             sample_model_state: Any) -> Dict[str, Any]:
-  """The keyword arguments of `kfac.kfac_optimizer` (beside `apply_fn`), its layers traced on
-  `sample_inputs` (a batch's inputs or their shapes) and `sample_model_state`."""
+def precondition_arguments(workload, hyperparameters, flavour: str, sample_inputs: Any,
+                           sample_model_state: Any) -> Dict[str, Any]:
+  """The keyword arguments of `kfac.precondition` (beside `apply_fn`; also those of
+  `kfac.gradient_and_statistics` and `kfac.curvature_report`), its layers traced on
+  `sample_inputs` (a batch's inputs or their shapes) and `sample_model_state`. `damping` is the
+  trial's (checked, reported); the train step hands it to every update (`kfac_optimizer`)."""
   dropout_rate = _setting(hyperparameters, 'dropout_rate', None)
   options = {name: cast(getattr(hyperparameters, name))
              for name, cast in OPTIONAL_SETTINGS.items() if hasattr(hyperparameters, name)}
   return dict(
       sample_apply_kwargs={'model_state': sample_model_state, 'rng': jax.random.PRNGKey(0),
                            'dropout_rate': dropout_rate},
-      learning_rate=common.warmup_linear_decay_schedule(workload.step_hint, hyperparameters),
-      momentum=1.0 - hyperparameters.one_minus_beta1,
-      nesterov=True,
-      weight_decay=hyperparameters.weight_decay,
       loss=kfac_loss_name(workload.loss_type),
       sample_inputs=sample_inputs,
       flavour=flavour,
@@ -146,11 +144,32 @@ def kfac_optimizer_arguments(workload, hyperparameters, flavour: str, sample_inp
       **options)
 
 
-def kfac_optimizer(workload, hyperparameters, flavour: str, sample_inputs: Any,
-                   sample_model_state: Any):
-  """`kfac.kfac_optimizer` on the workload's training forward pass (`kfac_optimizer_arguments`)."""
-  return kfac.kfac_optimizer(training_logits(workload), **kfac_optimizer_arguments(
-      workload, hyperparameters, flavour, sample_inputs, sample_model_state))
+def kfac_hyperparameters(step_hint: int, hyperparameters) -> Dict[str, Any]:
+  """The numbers of `kfac_optimizer` of a trial's hyperparameters: the Nesterov reference's,
+  `damping` and `clip_update_norm` (None: no clipping)."""
+  clip = _setting(hyperparameters, 'clip_update_norm', None)
+  return dict(nesterov.nesterov_hyperparameters(step_hint, hyperparameters),
+              damping=float(hyperparameters.damping),
+              clip_update_norm=None if clip is None else float(clip))
+
+
+def kfac_optimizer(preconditioner: optax.GradientTransformationExtraArgs, learning_rate,
+                   end_learning_rate, warmup_steps, decay_steps, momentum, weight_decay, damping,
+                   clip_update_norm=None) -> optax.GradientTransformationExtraArgs:
+  """`kfac.kfac_optimizer`'s chain (the same pieces, the same state) around a built
+  `preconditioner` (`kfac.precondition`), of numbers that may be traced: `preconditioner`
+  (every update with `damping`) -> `add_decayed_weights(weight_decay)` -> Nesterov
+  `trace(momentum)` -> `clip_by_global_norm(clip_update_norm)` (if not None) ->
+  `scale_by_learning_rate` of the warmup + linear-decay schedule."""
+  pieces = [optax.GradientTransformationExtraArgs(
+                preconditioner.init, functools.partial(preconditioner.update, damping=damping)),
+            optax.add_decayed_weights(weight_decay),
+            optax.trace(decay=momentum, nesterov=True)]
+  if clip_update_norm is not None:
+    pieces.append(optax.clip_by_global_norm(clip_update_norm))
+  pieces.append(optax.scale_by_learning_rate(common.warmup_linear_decay(
+      learning_rate, end_learning_rate, warmup_steps, decay_steps)))
+  return optax.chain(*pieces)
 
 
 class KfacStepFunctions(NamedTuple):
@@ -188,8 +207,8 @@ def init_optimizer_state(workload, model_params, model_state, hyperparameters, r
                                         model_params)
 
   def build(batch: Dict[str, Any]) -> KfacStepFunctions:
-    arguments = kfac_optimizer_arguments(workload, hyperparameters, flavour, input_shapes(batch),
-                                         model_state)
+    arguments = precondition_arguments(workload, hyperparameters, flavour, input_shapes(batch),
+                                       model_state)
     if inverse_method is not None:
       arguments.setdefault('inverse_method', inverse_method)
     if layer_overrides is not None:
@@ -199,13 +218,15 @@ def init_optimizer_state(workload, model_params, model_state, hyperparameters, r
           arguments['sample_inputs']))
     # The train step's mesh: the inverse step spreads the layers' decompositions over it.
     mesh = common.jax_sharding_utils.get_replicate_sharding().mesh
-    preconditioner = {k: v for k, v in arguments.items() if k not in OPTIMIZER_ONLY_ARGUMENTS}
+    preconditioner = kfac.precondition(training_logits(workload), mesh=mesh, **arguments)
+    optimizer = common.traced_hyperparameters(
+        functools.partial(kfac_optimizer, preconditioner),
+        **kfac_hyperparameters(workload.step_hint, hyperparameters))
     functions = common.step_functions(
-        workload, kfac.kfac_optimizer(training_logits(workload), mesh=mesh, **arguments),
-        extra_args_fn=curvature_extra_args,
-        gradient_fn=fused_gradient_fn(workload, preconditioner) if fused_statistics else None)
+        workload, optimizer, extra_args_fn=curvature_extra_args,
+        gradient_fn=fused_gradient_fn(workload, arguments) if fused_statistics else None)
     report = functools.lru_cache(maxsize=None)(
-        lambda: kfac.curvature_report(training_logits(workload), param_shapes, **preconditioner))
+        lambda: kfac.curvature_report(training_logits(workload), param_shapes, **arguments))
     return KfacStepFunctions(*functions, report=report)
 
   return common.lazy_train_state(build)
