@@ -247,8 +247,19 @@ def kfac_optimizer(apply_fn: Callable[..., jax.Array], *,
     An `optax.GradientTransformationExtraArgs`; `update` takes the extra arguments of
     `precondition` (`inputs`, `targets`, `mask`, `rng`, `apply_kwargs`).
   """
-  pieces = [precondition(apply_fn, **precondition_options),
-            optax.add_decayed_weights(weight_decay),
+  return chain_after(precondition(apply_fn, **precondition_options), learning_rate=learning_rate,
+                     momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                     clip_update_norm=clip_update_norm)
+
+
+def chain_after(preconditioner: optax.GradientTransformationExtraArgs, *,
+                learning_rate: optax.ScalarOrSchedule, momentum: Any = 0.9,
+                nesterov: bool = True, weight_decay: Any = 0.0,
+                clip_update_norm: Optional[Any] = None) -> optax.GradientTransformationExtraArgs:
+  """`kfac_optimizer`'s chain around a built `preconditioner` (e.g. `precondition` with its
+  `update` bound to a traced `damping`): the same pieces and state. The numbers may be traced
+  (e.g. `optax.inject_hyperparams` values); `clip_update_norm=None` leaves clipping out."""
+  pieces = [preconditioner, optax.add_decayed_weights(weight_decay),
             optax.trace(decay=momentum, nesterov=nesterov)]
   if clip_update_norm is not None:
     pieces.append(optax.clip_by_global_norm(clip_update_norm))

@@ -161,15 +161,13 @@ def kfac_optimizer(preconditioner: optax.GradientTransformationExtraArgs, learni
   (every update with `damping`) -> `add_decayed_weights(weight_decay)` -> Nesterov
   `trace(momentum)` -> `clip_by_global_norm(clip_update_norm)` (if not None) ->
   `scale_by_learning_rate` of the warmup + linear-decay schedule."""
-  pieces = [optax.GradientTransformationExtraArgs(
-                preconditioner.init, functools.partial(preconditioner.update, damping=damping)),
-            optax.add_decayed_weights(weight_decay),
-            optax.trace(decay=momentum, nesterov=True)]
-  if clip_update_norm is not None:
-    pieces.append(optax.clip_by_global_norm(clip_update_norm))
-  pieces.append(optax.scale_by_learning_rate(common.warmup_linear_decay(
-      learning_rate, end_learning_rate, warmup_steps, decay_steps)))
-  return optax.chain(*pieces)
+  return kfac.transform.chain_after(
+      optax.GradientTransformationExtraArgs(
+          preconditioner.init, functools.partial(preconditioner.update, damping=damping)),
+      learning_rate=common.warmup_linear_decay(learning_rate, end_learning_rate, warmup_steps,
+                                               decay_steps),
+      momentum=momentum, nesterov=True, weight_decay=weight_decay,
+      clip_update_norm=clip_update_norm)
 
 
 class KfacStepFunctions(NamedTuple):
