@@ -75,7 +75,8 @@ def test_optimiser_is_built_from_the_first_batch_and_traced_once():
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state.opt_state))
 
 
-@pytest.mark.parametrize('name', [pytest.param('cifar', marks=pytest.mark.slow), 'ogbg'])
+@pytest.mark.slow  # 50-140 s each; tests/test_kfac_fused.py covers the fused pass in the default suite.
+@pytest.mark.parametrize('name', ['cifar', 'ogbg'])
 def test_fused_statistics_train_as_the_separate_statistics_pass(name):
   """The K-FAC submission with the statistics from the gradient's forward pass and with
   `kfac.precondition`'s own pass: the same parameters and model state after 4 steps (T_cov = 2:
