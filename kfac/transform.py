@@ -175,9 +175,10 @@ def gradient_and_statistics(apply_fn: Callable[..., Tuple[jax.Array, Any]], *,
 
   Returns:
     `fn(loss_fn, params, opt_state, *, inputs, targets, mask=None, rng=None, apply_kwargs=None)
-    -> ((loss, aux), grads, statistics)` with `loss_fn(output) -> []`. On steps without
-    statistics (by `opt_state`'s curvature step counter, T_cov and the warm start; a
-    `lax.cond`), a plain `jax.value_and_grad` and zero statistics. Jittable.
+    -> ((loss, aux), grads, statistics)` with `loss_fn(output) -> []`. The forward pass and the
+    loss gradient run on every step; the sampled backward passes and the rows only on
+    statistics steps (by `opt_state`'s curvature step counter, T_cov and the warm start; a
+    `lax.cond` around them alone), zero statistics otherwise. Jittable.
   """
   options = planning.validate_options(planning.PreconditionOptions(**options))
   init_kwargs = dict(sample_apply_kwargs or {})
@@ -188,30 +189,16 @@ def gradient_and_statistics(apply_fn: Callable[..., Tuple[jax.Array, Any]], *,
     step_kwargs = dict(apply_kwargs or {})
     model = lambda p, x: apply_fn(p, x, **step_kwargs)  # noqa: E731
 
-    def with_statistics(p):
-      return fused.value_grad_and_statistics(
-          loss_fn, model, p, inputs, targets, report=plan.report,
-          flavours=_layer_flavours(plan), loss=options.loss, fisher_type=options.fisher_type,
-          rng=rng, mask=mask, num_samples=options.num_samples)
-
     states = curvature.curvature_states(opt_state)
     if len(states) != 1:
       raise ValueError(f'opt_state holds {len(states)} kfac.precondition states; '
                        'gradient_and_statistics needs exactly one')
-    due = curvature.is_due(states[0].step, options.cov_update_every, options.warm_start_steps)
-    if options.cov_update_every == 1:
-      return with_statistics(params)
-
-    def without_statistics(p):
-      def objective(q):
-        output, aux = model(q, inputs)
-        return loss_fn(output), aux
-      (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(p)
-      shapes = jax.eval_shape(with_statistics, p)[2]
-      zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      return (value, aux), grads, zeros
-
-    return jax.lax.cond(due, with_statistics, without_statistics, params)
+    due = (True if options.cov_update_every == 1 else
+           curvature.is_due(states[0].step, options.cov_update_every, options.warm_start_steps))
+    return fused.value_grad_and_statistics(
+        loss_fn, model, params, inputs, targets, report=plan.report,
+        flavours=_layer_flavours(plan), loss=options.loss, fisher_type=options.fisher_type,
+        rng=rng, mask=mask, num_samples=options.num_samples, statistics_due=due)
 
   return fn
 
