@@ -8,8 +8,8 @@ the ogbg-molpcba GraphNetwork) this times the submissions' own jitted training s
     momentum), the AlgoPerf reference;
   * K-FAC-reduce, K-FAC-expand and MAC: the step the K-FAC submissions train with, built by
     their own `init_optimizer_state` from the batch (`kfac.kfac_optimizer`, MC Fisher with one
-    sample, damping `DAMPING`, the loss gradient and the statistics from one forward pass:
-    `kfac.gradient_and_statistics`);
+    sample, damping `DAMPING`), with the loss gradient and the statistics from one forward pass
+    (`kfac.gradient_and_statistics`, `fused_statistics=True`);
   * K-FAC-reduce (two passes): the same optimiser with `kfac.precondition`'s own statistics pass
     after the gradient pass (`fused_statistics=False`, the step before the fused pass), so the
     table gives the statistics step before and after.
@@ -84,11 +84,13 @@ PHASES = ('plain', 'statistics', 'statistics+inverse')
 # with `kfac.precondition`'s own statistics pass after the gradient pass (as before the fused
 # pass), and MAC.
 KFAC_BUILDERS = {
-    'K-FAC-reduce': functools.partial(kfac_submission.init_optimizer_state, flavour='reduce'),
+    'K-FAC-reduce': functools.partial(kfac_submission.init_optimizer_state, flavour='reduce',
+                                      fused_statistics=True),
     'K-FAC-reduce (two passes)': functools.partial(kfac_submission.init_optimizer_state,
                                                    flavour='reduce', fused_statistics=False),
-    'K-FAC-expand': functools.partial(kfac_submission.init_optimizer_state, flavour='expand'),
-    'MAC': mac.init_optimizer_state,
+    'K-FAC-expand': functools.partial(kfac_submission.init_optimizer_state, flavour='expand',
+                                      fused_statistics=True),
+    'MAC': functools.partial(mac.init_optimizer_state, fused_statistics=True),
 }
 OPTIMISERS = ('Nesterov',) + tuple(KFAC_BUILDERS)
 

@@ -190,19 +190,31 @@ LayerOverrides = Callable[[Callable[[Any, Any], jax.Array], Any, Any], Dict[str,
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng, *,
                          flavour: str, inverse_method: Optional[str] = None,
                          layer_overrides: Optional[LayerOverrides] = None,
-                         fused_statistics: bool = True) -> common.TrainState:
+                         fused_statistics: Optional[bool] = None) -> common.TrainState:
   """A TrainState whose K-FAC optimiser is built from the first training batch (lazily).
 
   `inverse_method` is the submission's block where the hyperparameters name none;
   `layer_overrides(apply_fn, param_shapes, sample_inputs)` (once, at the build) gives per-layer
   options (e.g. MAC's `inverse_method_overrides` and `flavour_overrides` of the input layers)
-  for `apply_fn(params, inputs)`, the traced training forward pass. `fused_statistics`: the
-  statistics come from the gradient's forward pass (`fused_gradient_fn`); False runs
-  `kfac.precondition`'s own statistics pass after the gradient pass (for comparisons).
+  for `apply_fn(params, inputs)`, the traced training forward pass. `fused_statistics`: True,
+  the statistics come from the gradient's forward pass (`fused_gradient_fn`); False,
+  `kfac.precondition`'s own statistics pass runs after the gradient pass; None (default): fused
+  when statistics are due on every step (`cov_update_every` 1), separate otherwise.
+
+  Why the default (docs/bench_full_step.md, full configs at CPU batch sizes, T_cov = 2): the
+  fused pass saves a forward pass on statistics steps (ogbg 737 vs 816 ms, WRN-16-4 6.57 vs
+  6.68 s, ViT-S/16 4.07 vs 4.12 s), but its plain steps run the probed forward and keep the
+  statistics' operands alive for the `lax.cond`: 7-10 % slower plain steps (ViT 3.12 vs
+  2.85 s) and a larger XLA peak (ViT 3.3 vs 2.4 GiB). With statistics every few steps the plain
+  steps dominate.
   """
   del rng
   param_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                         model_params)
+
+  if fused_statistics is None:
+    fused_statistics = int(_setting(hyperparameters, 'cov_update_every',
+                                    defaults.COV_UPDATE_EVERY)) == 1
 
   def build(batch: Dict[str, Any]) -> KfacStepFunctions:
     arguments = precondition_arguments(workload, hyperparameters, flavour, input_shapes(batch),

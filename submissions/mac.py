@@ -46,9 +46,13 @@ def input_layer_overrides(apply_fn: Callable[[Any, Any], jax.Array], param_shape
   return {'inverse_method_overrides': methods, 'flavour_overrides': flavours}
 
 
+# The mean activations always come from the gradient's forward pass: MAC's statistics need no
+# backward pass, so the fused pass costs its plain steps nothing measurable
+# (docs/bench_full_step.md) and saves its statistics steps a forward pass.
 init_optimizer_state = functools.partial(kfac_submission.init_optimizer_state, flavour=FLAVOUR,
                                          inverse_method=INVERSE_METHOD,
-                                         layer_overrides=input_layer_overrides)
+                                         layer_overrides=input_layer_overrides,
+                                         fused_statistics=True)
 
 __all__ = ['get_batch_size', 'init_optimizer_state', 'update_params', 'data_selection',
            'prepare_for_eval', 'step_phase', 'diagnostics']
