@@ -35,7 +35,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 

@@ -1,7 +1,5 @@
 """The CIFAR-10 input pipeline on `tfds.testing.mock_data`, its augmentation, the full config."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -9,25 +7,22 @@ import pytest
 from workloads import get_workload
 from workloads.cifar_wrn import configs, input_pipeline
 from contract import errors
+from tests import tfds_mock
 
 NUM_MOCK_EXAMPLES = 10
 BATCH = 4
+DATASETS = (configs.get_config('full').tfds.name,)
 
 
 def prepared_data_dir(root):
-  """A data dir that looks prepared to the workload (tfds's layout); mock_data supplies data."""
-  path = os.path.join(root, *configs.get_config('full').tfds.name.replace(':', '/').split('/'))
-  os.makedirs(path)
-  open(os.path.join(path, 'dataset_info.json'), 'w').close()
-  return root
+  """A data dir that looks prepared to the workload; mock_data supplies the data."""
+  return tfds_mock.prepared_data_dir(root, DATASETS)
 
 
 @pytest.fixture(scope='module')
 def full_workload(tmp_path_factory):
-  tfds = pytest.importorskip('tensorflow_datasets')
-  data_dir = prepared_data_dir(str(tmp_path_factory.mktemp('tfds')))
-  with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
-    yield get_workload('cifar', 'full', data_dir=data_dir)
+  yield from tfds_mock.mocked_full_workload(tmp_path_factory, 'cifar', DATASETS,
+                                            NUM_MOCK_EXAMPLES)
 
 
 def test_train_batches_shapes_dtypes_labels_and_seeded_order(full_workload):

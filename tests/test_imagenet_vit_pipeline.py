@@ -11,27 +11,22 @@ from workloads.image_classification import softmax_cross_entropy
 from workloads.imagenet_vit import configs, input_pipeline
 from contract import errors
 from contract import types as api_types
+from tests import tfds_mock
 
 NUM_MOCK_EXAMPLES = 10
 BATCH = 4
+DATASETS = (configs.get_config('full').tfds.train_name, configs.get_config('full').tfds.test_name)
 
 
 def prepared_data_dir(root):
-  """A data dir that looks prepared to the workload (tfds's layout); mock_data supplies data."""
-  tfds_section = configs.get_config('full').tfds
-  for name in (tfds_section.train_name, tfds_section.test_name):
-    path = os.path.join(root, *name.replace(':', '/').split('/'))
-    os.makedirs(path)
-    open(os.path.join(path, 'dataset_info.json'), 'w').close()
-  return root
+  """A data dir that looks prepared to the workload; mock_data supplies the data."""
+  return tfds_mock.prepared_data_dir(root, DATASETS)
 
 
 @pytest.fixture(scope='module')
 def full_workload(tmp_path_factory):
-  tfds = pytest.importorskip('tensorflow_datasets')
-  data_dir = prepared_data_dir(str(tmp_path_factory.mktemp('tfds')))
-  with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
-    yield get_workload('imagenet_vit', 'full', data_dir=data_dir)
+  yield from tfds_mock.mocked_full_workload(tmp_path_factory, 'imagenet_vit', DATASETS,
+                                            NUM_MOCK_EXAMPLES)
 
 
 def test_train_batches_shapes_dtypes_labels_and_seeded_order(full_workload):
