@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from kfac import defaults, distributed
+from kfac import defaults, distributed, distributed_statistics
 from kfac.blocks import CurvatureBlock, LayerStatistics
 
 LayerPath = Tuple[str, ...]
@@ -56,8 +56,9 @@ class CurvatureConfig(NamedTuple):
     cov_update_every: T_cov, statistics are updated on steps `0, T_cov, 2 T_cov, ...`.
     inverse_update_every: T_inv, inverses are refreshed on steps `0, T_inv, 2 T_inv, ...`.
     warm_start_steps: steps `0 .. warm_start_steps - 1` update statistics and inverses.
-    mesh: data-parallel devices; with more than one, each inverts a share of the layers
-      (`kfac.distributed.distributed_invert` along `axis_name`), the same results.
+    mesh: data-parallel devices; with more than one, the statistics of the additive blocks are
+      reduced with one all-reduce (`block_statistics`) and each device inverts a share of the
+      layers (`kfac.distributed.distributed_invert` along `axis_name`), the same results.
     axis_name: the mesh axis of the batch.
   """
 
@@ -159,13 +160,35 @@ def _accept_or_keep(state: CurvatureState, new_blocks: Mapping[LayerPath, Any],
   return state._replace(blocks=blocks, rejected=rejected, consecutive_rejected=consecutive)
 
 
+def block_statistics(statistics: Mapping[LayerPath, LayerStatistics], config: CurvatureConfig
+                     ) -> Dict[LayerPath, Any]:
+  """`{layer: block.statistics(rows)}`. With a mesh of several devices, the additive blocks'
+  (Gram matrices) are computed from each device's chunk of the rows and summed with one
+  all-reduce for all layers (`kfac.distributed_statistics.summed_over_devices`); the others
+  (rows for Brand updates, mean activations) from the whole rows, as XLA partitions them."""
+  blocks = config.blocks
+  summed = []
+  if config.mesh is not None and config.mesh.size > 1:
+    devices = config.mesh.shape[config.axis_name]
+    summed = [path for path, block in blocks.items()
+              if block.additive and distributed_statistics.rows_divide(statistics[path], devices)]
+  result = {path: block.statistics(statistics[path]) for path, block in blocks.items()
+            if path not in summed}
+  if summed:
+    result.update(distributed_statistics.summed_over_devices(
+        {path: blocks[path].statistics for path in summed},
+        {path: statistics[path] for path in summed}, config.mesh, config.axis_name))
+  return result
+
+
 def update_statistics(state: CurvatureState, statistics: Mapping[LayerPath, LayerStatistics],
                       config: CurvatureConfig) -> CurvatureState:
   """Fold one batch's statistics into every block; non-finite new states are rejected."""
   new_blocks, finite = {}, {}
+  stats = block_statistics(statistics, config)
   for path, block in config.blocks.items():
     weight = ema_weight(state.counts[path], config.ema_decay)
-    new_blocks[path] = block.update(state.blocks[path], block.statistics(statistics[path]), weight)
+    new_blocks[path] = block.update(state.blocks[path], stats[path], weight)
     finite[path] = all_finite(new_blocks[path])
   state = _accept_or_keep(state, new_blocks, finite,
                           {path: jnp.logical_not(ok) for path, ok in finite.items()},

@@ -1,24 +1,10 @@
-"""Data-parallel K-FAC: statistics reduced once per step, inverses spread over the devices.
+"""Data-parallel K-FAC inverses: each device decomposes a balanced share of the layers.
 
-Both parts run inside `jax.shard_map` over one data axis of a `Mesh` (no `pmap`), so they work
-under `jax.jit` with `NamedSharding`-placed arguments, on one host or many.
+Runs inside `jax.shard_map` over one data axis of a `Mesh` (no `pmap`), so it works under
+`jax.jit` with `NamedSharding`-placed arguments, on one host or many. The statistics' side (one
+all-reduce per statistics step) is `kfac.distributed_statistics`.
 
-**Statistics.** Device `d` holds a shard of the batch with `n_d` valid examples and computes its
-layers' statistics from it alone, as means over its valid examples, e.g. the Kronecker factors
-`A_d = (1/n_d) sum_{i in d} a_i a_i^T`, `B_d = (1/n_d) sum_{i in d} g_i g_i^T`. The statistics of
-the global batch are the valid-count-weighted mean
-
-    A = sum_d n_d A_d / sum_d n_d                                                  (1)
-
-(the same for every leaf: `B`, mean activations, ...). `mean_over_devices` forms (1) for a whole
-pytree of statistics with ONE all-reduce: every leaf, scaled by `n_d`, is flattened into one
-buffer with `n_d` appended, the buffer is summed over the axis (`lax.psum`), then split and
-divided by `sum_d n_d`. Communication per statistics step: one all-reduce of
-`(counts) + sum_layers (dim_a^2 + dim_b^2)` floats, independent of the batch size; activations and
-output gradients never leave their device. Statistics must be additive over examples (Gram
-matrices, sums, means), not per-example rows.
-
-**Inverses.** The inverse step decomposes every layer's factors (`eigh` costs about `side^3`
+The inverse step decomposes every layer's factors (`eigh` costs about `side^3`
 per factor). `assign_layers` gives each layer to one device by longest-processing-time-first
 greedy on those costs (makespan at most `4/3 - 1/(3 D)` of the optimum for `D` devices, Graham
 1969). `invert_on_owners` then runs, on device `d`, the per-layer `invert` functions of the
@@ -33,8 +19,6 @@ decompositions: `max_d sum_{l owned by d} cost_l` instead of `sum_l cost_l`.
 
 Use, in a train step jitted over a `Mesh` with the batch sharded along axis `'batch'`:
 
-    statistics, counts = sharded_mean_statistics(              # per-shard block statistics
-        shard_statistics_fn, mesh, 'batch', in_specs=(P(), P('batch')))(params, batch)
     new_states = distributed_invert({path: block.invert for path, block in blocks.items()},
                                     states, mesh, 'batch', damping)
 """
@@ -42,7 +26,7 @@ Use, in a train step jitted over a `Mesh` with the batch sharded along axis `'ba
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Dict, Hashable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -51,89 +35,6 @@ from jax.sharding import Mesh, PartitionSpec
 
 Layer = Hashable
 InvertFn = Callable[..., Any]  # (state, *operands) -> new state
-
-
-# -- Statistics: one weighted all-reduce ---------------------------------------------------------
-
-
-def _concatenate(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
-  """The leaves raveled, cast to `dtype` and concatenated: `[sum_i size_i]`."""
-  return jnp.concatenate([jnp.ravel(leaf).astype(dtype) for leaf in leaves])
-
-
-def _split(flat: jax.Array, like: Sequence[jax.Array]) -> List[jax.Array]:
-  """Inverse of `_concatenate`: pieces of `flat` with the shapes and dtypes of `like`."""
-  offsets = np.cumsum([0] + [int(np.prod(leaf.shape)) for leaf in like])
-  return [flat[start:stop].reshape(leaf.shape).astype(leaf.dtype)
-          for start, stop, leaf in zip(offsets[:-1], offsets[1:], like)]
-
-
-def mean_over_devices(statistics: Any, num_valid: Any, axis_name: str) -> Tuple[Any, Any]:
-  """The global batch's statistics from each device's own, with one all-reduce: equation (1).
-
-  Call inside `jax.shard_map` (or any context binding `axis_name`).
-
-  Args:
-    statistics: this device's pytree of floating arrays, each a mean over its valid examples
-      (e.g. `{layer: (A [dim_a, dim_a], B [dim_b, dim_b])}`). Ignored (may be NaN) where its
-      count is 0.
-    num_valid: this device's count `n_d` that the statistics were divided by (may differ per
-      device): a scalar for all, or a pytree prefix of `statistics` giving each subtree its own
-      count (e.g. `{layer: n}` when a graph layer averages over valid nodes, another over
-      valid graphs).
-    axis_name: the mesh axis the batch is sharded over.
-
-  Returns:
-    `(sum_d n_d s_d / sum_d n_d, sum_d n_d)`: the statistics (same structure, shapes and dtypes,
-    zeros where no device has a valid example) and the global counts (structure of
-    `num_valid`), the same on every device.
-  """
-  leaves, treedef = jax.tree_util.tree_flatten(statistics)
-  count_leaves, count_def = jax.tree_util.tree_flatten(num_valid)
-  dtype = jnp.result_type(jnp.float32, *leaves)
-  counts = [jnp.asarray(count, dtype) for count in count_leaves]
-  # Which count each statistics leaf was divided by.
-  owner = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-      lambda index, subtree: jax.tree_util.tree_map(lambda _: index, subtree),
-      jax.tree_util.tree_unflatten(count_def, range(len(counts))), statistics))
-  weighted = [jnp.where(counts[i] > 0, leaf.astype(dtype) * counts[i], 0)
-              for i, leaf in zip(owner, leaves)]
-  total = jax.lax.psum(_concatenate(counts + weighted, dtype), axis_name)
-  pieces = _split(total, counts + [leaf.astype(dtype) for leaf in leaves])
-  global_counts, sums = pieces[:len(counts)], pieces[len(counts):]
-  means = [(total_leaf / jnp.maximum(global_counts[i], 1)).astype(leaf.dtype)
-           for i, total_leaf, leaf in zip(owner, sums, leaves)]
-  return (jax.tree_util.tree_unflatten(treedef, means),
-          jax.tree_util.tree_unflatten(count_def, global_counts))
-
-
-def sharded_mean_statistics(statistics_fn: Callable[..., Tuple[Any, jax.Array]], mesh: Mesh,
-                            axis_name: str, in_specs: Any) -> Callable[..., Tuple[Any, jax.Array]]:
-  """`statistics_fn` run on each device's shard, averaged with `mean_over_devices`.
-
-  Args:
-    statistics_fn: `(*args) -> (statistics, num_valid)` of one shard (see `mean_over_devices`;
-      fold `lax.axis_index(axis_name)` into any sampling key so devices draw independently).
-    mesh: the devices; `axis_name` one of its axes.
-    axis_name: the data axis.
-    in_specs: `PartitionSpec`s of `args` (e.g. `(P(), P(axis_name))` for replicated parameters
-      and a batch sharded along its leading dimension).
-
-  Returns:
-    `(*args) -> (global statistics, global valid counts)`, replicated; jittable.
-  """
-  def on_device(*args):
-    return mean_over_devices(*statistics_fn(*args), axis_name)
-
-  # check_vma=False: each device differentiates its own shard only. With it on, the cotangent of
-  # a value the same on every device (a replicated parameter, a zero probe built from it) is
-  # summed over the axis in the backward pass, and K-FAC's output-gradient rows would hold the
-  # other devices' gradients (measured: wrong B factors). The one psum above is explicit.
-  return jax.shard_map(on_device, mesh=mesh, in_specs=in_specs,
-                       out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
-
-
-# -- Inverses: a balanced share per device -------------------------------------------------------
 
 
 def layer_cost(state: Any) -> float:

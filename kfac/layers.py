@@ -20,8 +20,10 @@ example weights (1 valid, 0 padding), `N = sum_n w_n` and `R_n` the rows x posit
 
 Both are returned as rows (`kfac.blocks.LayerStatistics`): `A = a_rows^T a_rows`,
 `B = g_rows^T g_rows`, with the weights and scalings folded into the rows (expand: `N R` rows;
-reduce: N rows). Padding examples are masked out of `B` too: through a coupling across the batch
-(BatchNorm in training mode) a padding example's output gradient is not zero.
+reduce: N rows; example-major, so a batch sharded over devices by examples splits them into
+contiguous chunks, `kfac.distributed_statistics`). Padding examples are masked out of `B` too:
+through a coupling across the batch (BatchNorm in training mode) a padding example's output
+gradient is not zero.
 
 Why these scalings: the exact GGN block of the batch-mean loss is
 `sum_{n, m} (sum_r a_nr kron g_nrm)(sum_r a_nr kron g_nrm)^T` (the loss's `1/N` is inside `g`).
@@ -95,7 +97,7 @@ def expand_statistics(info: LayerInfo, layer_inputs: Sequence[jax.Array],
                       output_gradients: Sequence[jax.Array],
                       groups: Sequence[RowGroups]) -> LayerStatistics:
   """K-FAC-expand rows of a layer over all its calls: `a_rows [sum_calls T R, dim_a]`,
-  `g_rows [sum_calls M T R, P_out]` (see the module docstring)."""
+  `g_rows [sum_calls T M R, P_out]` (see the module docstring)."""
   a_rows: List[jax.Array] = []
   g_rows: List[jax.Array] = []
   count, a_sum = 0.0, 0.0
@@ -103,8 +105,8 @@ def expand_statistics(info: LayerInfo, layer_inputs: Sequence[jax.Array],
     a = _with_bias_coordinate(input_rows(info, call, x), info, 1.0)  # [T, R, dim_a]
     weights = graph_rows.row_weights(call_groups)  # [T]
     a_rows.append((a * jnp.sqrt(weights)[:, None, None]).reshape(-1, a.shape[-1]))
-    g_rows.append((output_rows(info, call, g) * weights[None, :, None, None]
-                   ).reshape(-1, info.p_out))
+    g_rows.append(jnp.swapaxes(output_rows(info, call, g) * weights[None, :, None, None], 0, 1
+                               ).reshape(-1, info.p_out))  # Example-major: [T M R, P_out].
     count = count + jnp.sum(weights) * a.shape[1]
     a_sum = a_sum + jnp.einsum('trp,t->p', a, weights)
   count = jnp.maximum(count, 1.0)
@@ -116,7 +118,7 @@ def reduce_statistics(info: LayerInfo, layer_inputs: Sequence[jax.Array],
                       output_gradients: Sequence[jax.Array],
                       groups: Sequence[RowGroups]) -> LayerStatistics:
   """K-FAC-reduce rows of a layer over all its calls: `a_rows [N, dim_a]` (the weighted,
-  scaled per-example means), `g_rows [M N, P_out]` (the masked per-example sums)."""
+  scaled per-example means), `g_rows [N M, P_out]` (the masked per-example sums)."""
   a_sum, num_rows, g_sum = 0.0, 0.0, 0.0
   for call, x, g, call_groups in zip(info.calls, layer_inputs, output_gradients, groups):
     positions = num_positions(info, call)
@@ -132,8 +134,8 @@ def reduce_statistics(info: LayerInfo, layer_inputs: Sequence[jax.Array],
   a_bar = a_sum / jnp.maximum(num_rows, 1.0)[:, None]
   a_rows = a_bar * jnp.sqrt(has_rows / jnp.maximum(jnp.sum(has_rows), 1.0))[:, None]
   a_mean = jnp.einsum('np,n->p', a_sum, weights) / jnp.maximum(jnp.sum(weights * num_rows), 1.0)
-  return LayerStatistics(a_rows=a_rows, g_rows=(g_sum * weights[None, :, None]
-                                                ).reshape(-1, info.p_out), a_mean=a_mean)
+  g_rows = jnp.swapaxes(g_sum * weights[None, :, None], 0, 1).reshape(-1, info.p_out)  # [N M, .]
+  return LayerStatistics(a_rows=a_rows, g_rows=g_rows, a_mean=a_mean)
 
 
 def layer_statistics(info: LayerInfo, flavour: str, layer_inputs: Sequence[jax.Array],

@@ -28,9 +28,9 @@ from kfac.blocks.lowrank import brand_rows_note
 from kfac.param_paths import LayerPath, ParamPath, match_pattern
 
 # Blocks that store the full `[d, d]` factors, and so honour `max_factor_dim` per side.
-DENSE_FACTOR_METHODS = ('eigh', 'pi_eigh', 'cholesky', 'rsvd', 'brand_rsvd')
+DENSE_FACTOR_METHODS = ('eigh', 'pi_eigh', 'cholesky', 'rsvd', 'brand_rsvd', 'brand_corrected')
 # Blocks updated from the batch's rows by Brand's update (`LayerPlan.notes` when too many).
-BRAND_METHODS = ('brand', 'brand_rsvd')
+BRAND_METHODS = ('brand', 'brand_rsvd', 'brand_corrected')
 FALLBACK_METHODS = ('diagonal', 'identity')
 
 
@@ -49,8 +49,8 @@ class PreconditionOptions(NamedTuple):
       'cholesky' (`(A + d_A I)^-1 kron (B + d_B I)^-1`, damping split by pi), ...
     inverse_method_overrides: `{fnmatch pattern on 'A/B/Dense_0': method}`, first match wins.
     inverse_rank, inverse_oversampling, inverse_power_iterations: low-rank blocks' settings.
-    lowrank_damping, brand_max_rows: low-rank blocks' damping form and Brand's row limit
-      (`kfac.blocks.BlockOptions`).
+    lowrank_damping, brand_max_rows, inverse_correction_fraction: low-rank blocks' damping
+      form, Brand's row limit and B-KFAC-c's corrected share (`kfac.blocks.BlockOptions`).
     ema_decay: decay of the statistics' average (the first updates are averaged).
     cov_update_every: T_cov, statistics are computed on steps 0, T_cov, 2 T_cov, ...
     inverse_update_every: T_inv, inverses are refreshed on steps 0, T_inv, 2 T_inv, ...
@@ -80,6 +80,7 @@ class PreconditionOptions(NamedTuple):
   inverse_power_iterations: int = blocks.BlockOptions().power_iterations
   lowrank_damping: str = blocks.BlockOptions().lowrank_damping
   brand_max_rows: int = blocks.BlockOptions().brand_max_rows
+  inverse_correction_fraction: float = blocks.BlockOptions().correction_fraction
   ema_decay: float = defaults.EMA_DECAY
   cov_update_every: int = defaults.COV_UPDATE_EVERY
   inverse_update_every: int = defaults.INVERSE_UPDATE_EVERY
@@ -204,7 +205,8 @@ def layer_plan(info: tracing.LayerInfo, flavour: str, options: PreconditionOptio
       dtype=options.state_dtype, eigh_dtype=options.eigh_dtype, rank=options.inverse_rank,
       oversampling=options.inverse_oversampling,
       power_iterations=options.inverse_power_iterations, forms=forms,
-      lowrank_damping=options.lowrank_damping, brand_max_rows=options.brand_max_rows)
+      lowrank_damping=options.lowrank_damping, brand_max_rows=options.brand_max_rows,
+      correction_fraction=options.inverse_correction_fraction)
   try:
     block = blocks.make_block(method, dim_a, dim_b, block_options)
   except blocks.UnsupportedLayer as error:

@@ -1,5 +1,6 @@
 """Inverse schemes of one Kronecker factor: per-update time and peak memory of `eigh`,
-`cholesky`, `rsvd` and `brand` (RS-KFAC, B-KFAC; kfac/lowrank.py, docs/bench_inverses.md).
+`cholesky`, `rsvd`, `brand` and B-KFAC-c's `correction` (RS-KFAC, B-KFAC; kfac/lowrank.py,
+docs/bench_inverses.md).
 
 One *update* is what a scheme does, with statistics and inverses due every step, to turn the
 batch's rows `X [n, d]` into a fresh decomposition of the exponential average
@@ -11,7 +12,11 @@ batch's rows `X [n, d]` into a fresh decomposition of the exponential average
 * `rsvd`: the average, then a rank-`r` randomised eigendecomposition (`O(d^2 r)` per pass; 10
   oversampling columns, 2 power iterations, the `BlockOptions` defaults), as the 'rsvd' block;
 * `brand`: Brand's online update of the rank-`r` decomposition by `X` (`O(d (r + n)^2)`, no
-  `[d, d]` matrix), as the 'brand' block.
+  `[d, d]` matrix), as the 'brand' block;
+* `correction`: B-KFAC-c's correction alone (the 'brand_corrected' block's inverse step): the
+  average, then Rayleigh-Ritz on `round(0.2 r + 1)` of the rank-`r` basis' columns
+  (`kfac.lowrank.corrected`, `O(n d^2 + d^2 k)`); the block adds it to Brand's update every
+  `T_inv` steps.
 
 `eigh` and `cholesky` do not depend on the rank: they have one row per `(d, n)` with rank
 `null`. Each program is compiled ahead of time (`jit(...).lower(...).compile()`), run once to
@@ -55,7 +60,8 @@ flags.DEFINE_bool('quick', False, 'Tiny sizes, 2 repeats: a smoke run (not the b
 flags.DEFINE_list('dims', ['256', '512', '1024', '2048', '4096'], 'Factor sides d.')
 flags.DEFINE_list('ranks', ['16', '64'], 'Ranks r of rsvd and brand.')
 flags.DEFINE_list('rows', ['32', '128'], 'Batch rows n per update.')
-flags.DEFINE_list('methods', ['eigh', 'cholesky', 'rsvd', 'brand'], 'Schemes to time.')
+flags.DEFINE_list('methods', ['eigh', 'cholesky', 'rsvd', 'brand', 'correction'],
+                  'Schemes to time.')
 flags.DEFINE_integer('repeats', 5, 'Timed runs per program (median reported).')
 flags.DEFINE_string('output_dir', None, 'Where bench_inverses.md and .png are written '
                     '(default: docs/, or a new temporary folder with --quick).')
@@ -63,7 +69,7 @@ flags.DEFINE_string('output_dir', None, 'Where bench_inverses.md and .png are wr
 QUICK_DIMS, QUICK_RANKS, QUICK_ROWS, QUICK_REPEATS = (32, 64), (8,), (8,), 2
 DAMPING = 1e-3
 EMA_WEIGHT = 0.05
-LOWRANK_METHODS = ('rsvd', 'brand')
+LOWRANK_METHODS = ('rsvd', 'brand', 'correction')
 # The issue's goals (at rank 64, 32 rows): Brand's time grows at most 2.5x from d = 1024 to
 # 4096 while eigh's grows at least 20x; at d = 4096 Brand is at least 20x faster than eigh.
 GOAL_RANK, GOAL_ROWS = 64, 32
@@ -96,6 +102,11 @@ def update_program(method: str, dim: int, rank: Optional[int], num_rows: int
   if method == 'brand':
     eigen = lowrank.randomized_eigh(factor, rank, keys[2])
     return (lambda e, x: lowrank.brand_update(e, x, EMA_WEIGHT)), (eigen, rows)
+  if method == 'correction':
+    eigen = lowrank.randomized_eigh(factor, rank, keys[2])
+    columns = round(options.correction_fraction * eigen.values.shape[0] + 1)
+    return (lambda e, f, x, key: lowrank.corrected(e, average(f, x), key, columns)), (
+        eigen, factor, rows, keys[2])
   raise ValueError(f'unknown method {method!r}')
 
 

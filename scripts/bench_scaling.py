@@ -14,8 +14,9 @@ each device count `N`, this times per phase
 **Sharding.** A `Mesh` over the `N` devices (axis `batch`), the parameters and optimiser state
 replicated and the batch split along its leading dimension (`NamedSharding`); the submissions'
 own jitted step (`bench_full_step.TimedRun`: same optimisers, hyperparameters, phase cycle,
-warm-up and alternation) then runs as XLA partitions it. Until the K-FAC statistics run inside
-`kfac.distributed.sharded_mean_statistics`, XLA reduces each factor with its own collective.
+warm-up and alternation) then runs as XLA partitions it, except for K-FAC's factor statistics:
+each device forms the Gram matrices of its own rows and one all-reduce per statistics step sums
+every layer's (`kfac.distributed_statistics`, through the submission's mesh).
 ogbg's batch is one padded batch per device (the workload's pipeline), so every array divides;
 an array that does not is replicated.
 

@@ -1,6 +1,6 @@
 """K-FAC-reduce with B-KFAC's Brand-updated low-rank factors, for any workload
 (`submissions.kfac_submission` with `flavour='reduce'`, `inverse_method='brand'` unless the
-hyperparameters name another, e.g. 'brand_rsvd' for B-R-KFAC).
+hyperparameters name another, e.g. 'brand_rsvd' for B-R-KFAC, 'brand_corrected' for B-KFAC-c).
 
 Puiu, "Brand New K-FACs" (arXiv 2210.08494): each factor's rank-`inverse_rank` eigendecomposition
 is updated online from the batch's rows (`kfac.blocks.lowrank`), linear in the factor side. The

@@ -14,7 +14,8 @@ Hyperparameters (JSON search spaces): the Nesterov reference's (`learning_rate`,
 `one_minus_beta1`, `weight_decay`, `warmup_factor`, `decay_steps_factor`, `end_factor`,
 `label_smoothing`, `dropout_rate`) plus `damping` and, optionally, `cov_update_every` (T_cov),
 `inverse_update_every` (T_inv), `ema_decay`, `clip_update_norm`, `num_samples`,
-`inverse_method`, `inverse_rank`, `lowrank_damping`, `brand_max_rows`, `warm_start_steps`
+`inverse_method`, `inverse_rank`, `lowrank_damping`, `brand_max_rows`,
+`inverse_correction_fraction`, `warm_start_steps`
 (statistics and inverses on every step before it): `clip_update_norm` and `OPTIONAL_SETTINGS`.
 Absent ones take `kfac.defaults`.
 
@@ -59,7 +60,8 @@ LABEL_SAMPLING_STREAM = 1
 # types); absent ones take `kfac.defaults`.
 OPTIONAL_SETTINGS = {'num_samples': int, 'inverse_method': str, 'inverse_rank': int,
                      'ema_decay': float, 'cov_update_every': int, 'inverse_update_every': int,
-                     'warm_start_steps': int, 'lowrank_damping': str, 'brand_max_rows': int}
+                     'warm_start_steps': int, 'lowrank_damping': str, 'brand_max_rows': int,
+                     'inverse_correction_fraction': float}
 
 
 def kfac_loss_name(loss_type: spec.LossType) -> str:

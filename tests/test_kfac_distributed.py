@@ -29,7 +29,7 @@ DEVICE_SCRIPT = r'''
 import json, re, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from kfac import distributed
+from kfac import distributed, distributed_statistics
 
 from kfac import blocks
 
@@ -126,6 +126,45 @@ curvature_error = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray
                       for a, b in zip(jax.tree_util.tree_leaves(spread_state),
                                       jax.tree_util.tree_leaves(single_state)))
 
+# kfac.curvature's statistics step with a mesh: the additive blocks' statistics (Gram matrices,
+# diagonals) from each device's chunk of the rows, summed in one all-reduce for all layers; the
+# others (Brand's rows, MAC's mean) from the whole rows. Against the same step on one device.
+statistics_methods = ['eigh', 'cholesky', 'diagonal', 'identity', 'rsvd', 'mac_input', 'brand',
+                      'mac']
+num_devices = len(jax.devices())
+statistics_blocks, statistics_rows = {}, {}
+for index, method in enumerate(statistics_methods):
+  dim_a, dim_b = 5 + 3 * index, 3 + 2 * index
+  statistics_blocks[(method,)] = blocks.make_block(method, dim_a, dim_b, blocks.BlockOptions(rank=3))
+  statistics_rows[(method,)] = blocks.LayerStatistics(  # 2 MC samples: twice the g rows.
+      rng.standard_normal((3 * num_devices, dim_a)).astype(np.float32) / 3,
+      rng.standard_normal((6 * num_devices, dim_b)).astype(np.float32) / 3,
+      rng.standard_normal(dim_a).astype(np.float32))
+statistics_config = curvature.CurvatureConfig(blocks=statistics_blocks, damping=0.05)
+rows_sharding = blocks.LayerStatistics(NamedSharding(mesh, P('data')), NamedSharding(mesh, P('data')),
+                                       NamedSharding(mesh, P()))
+sharded_rows = {path: jax.device_put(rows, rows_sharding) for path, rows in statistics_rows.items()}
+initial = curvature.init_curvature_state(statistics_config)
+spread_statistics_step = jax.jit(lambda s, r: curvature.update_statistics(
+    s, r, statistics_config._replace(mesh=mesh, axis_name='data'))).lower(
+        jax.device_put(initial, NamedSharding(mesh, P())), sharded_rows).compile()
+statistics_step_hlo = spread_statistics_step.as_text()
+spread_statistics_state = spread_statistics_step(jax.device_put(initial, NamedSharding(mesh, P())),
+                                                 sharded_rows)
+single_statistics_state = jax.jit(lambda s, r: curvature.update_statistics(s, r, statistics_config))(
+    jax.device_put(initial, one_device), jax.device_put(statistics_rows, one_device))
+statistics_step_error = {
+    path[0]: max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                 for a, b in zip(jax.tree_util.tree_leaves(spread_statistics_state.blocks[path]),
+                                 jax.tree_util.tree_leaves(single_statistics_state.blocks[path])))
+    for path in statistics_blocks}
+additive_floats = sum(
+    int(np.prod(leaf.shape)) for path, block in statistics_blocks.items() if block.additive
+    for leaf in jax.tree_util.tree_leaves(jax.eval_shape(block.statistics, statistics_rows[path])))
+# Result shapes of each all-reduce (XLA may merge independent ones into one tuple all-reduce).
+summed_floats = [int(n) for shapes in re.findall(r'= (.*) all-reduce\(', statistics_step_hlo)
+                 for n in re.findall(r'f32\[(\d+)\]\{0\}', shapes)]
+
 def max_error(get):
   return max(float(np.max(np.abs(np.asarray(get(spread[n]), np.float64) -
                                  np.asarray(get(reference[n]), np.float64)))) for n in layers)
@@ -153,7 +192,7 @@ def shard_statistics(scale, batch):
            'nodes': (node_weights * rows[:, 0]) @ rows / nodes},
           {'a': n, 'nodes': nodes})
 
-statistics_fn = jax.jit(distributed.sharded_mean_statistics(
+statistics_fn = jax.jit(distributed_statistics.sharded_mean_statistics(
     shard_statistics, mesh, 'data', (P(), P('data'))))
 node_weights = rng.integers(0, 4, len(x)).astype(np.float32) * mask
 batch = jax.device_put((x, mask, node_weights), NamedSharding(mesh, P('data')))
@@ -182,7 +221,7 @@ labels = rng.integers(0, 3, len(x))
 clean = np.where(mask[:, None] > 0, x, 0.0).astype(np.float32)[:, :4]
 mlp_params = MLP().init(jax.random.PRNGKey(0), clean[:2])
 whole = jax.jit(compute_factors)(mlp_params, clean, labels, mask=mask)
-sharded_factors = jax.jit(distributed.sharded_mean_statistics(
+sharded_factors = jax.jit(distributed_statistics.sharded_mean_statistics(
     lambda params, b: (compute_factors(params, b[0], b[1], mask=b[2]), jnp.sum(b[2])),
     mesh, 'data', (P(), P('data'))))
 spread_factors, _ = sharded_factors(mlp_params, jax.device_put(
@@ -216,6 +255,11 @@ print(json.dumps({
     'blocks_error': blocks_error,
     'curvature_error': curvature_error,
     'kfac_factors_error': kfac_factors_error,
+    'statistics_step_error': statistics_step_error,
+    'statistics_step_all_reduces': statistics_step_hlo.count(' all-reduce('),
+    'summed_floats': summed_floats,
+    'additive_floats': additive_floats,
+    'additive': sorted(path[0] for path, block in statistics_blocks.items() if block.additive),
 }))
 '''
 
@@ -264,6 +308,19 @@ def test_one_all_reduce_per_step(device_run):
   assert device_run['sent_words'] == [device_run['new_words']]
   assert device_run['factors_equal']
   assert device_run['statistics_all_reduces'] == 1
+
+
+def test_curvature_statistics_step_one_all_reduce_equals_single_device(device_run):
+  # Every block's state after a statistics step with a mesh equals the single-device one.
+  for method, error in device_run['statistics_step_error'].items():
+    assert error < 1e-5, method
+  # The Gram-matrix blocks are additive; Brand (rows) and MAC (a replicated mean) are not.
+  assert device_run['additive'] == sorted(['eigh', 'cholesky', 'diagonal', 'identity', 'rsvd',
+                                           'mac_input'])
+  # One all-reduce carries every additive layer's statistics as one flat buffer (XLA:CPU merges
+  # the Brand block's few reductions of its sharded rows into the same tuple all-reduce).
+  assert device_run['statistics_step_all_reduces'] == 1
+  assert device_run['summed_floats'] == [device_run['additive_floats']]
 
 
 def test_statistics_equal_global_batch_with_uneven_valid_counts(device_run):

@@ -19,6 +19,7 @@ BLOCK_FACTORIES: Dict[str, BlockFactory] = {
     'rsvd': lowrank.make_rsvd_block,
     'brand': lowrank.make_brand_block,
     'brand_rsvd': lowrank.make_brand_rsvd_block,
+    'brand_corrected': lowrank.make_brand_corrected_block,
     'mac': mac.make_mac_block, 'mac_input': mac.make_mac_input_block,
 }
 

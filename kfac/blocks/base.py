@@ -55,12 +55,16 @@ class CurvatureBlock(NamedTuple):
 
   Attributes:
     kind: explicit tag: 'eigh', 'pi_eigh', 'cholesky', 'diagonal', 'identity', 'rsvd', 'brand',
-      'brand_rsvd', 'mac' (never inferred from array ranks).
+      'brand_rsvd', 'brand_corrected', 'mac', 'mac_input' (never inferred from array ranks).
     init: `() -> state` pytree (shapes from the closure).
     statistics: `LayerStatistics -> stats` pytree.
     update: `(state, stats, ema_weight) -> state` (statistics steps).
     invert: `(state, damping) -> state` (inverse steps).
     apply: `(state, grad [dim_a, dim_b], damping) -> [dim_a, dim_b]`.
+    additive: `statistics` is a sum over the rows (Gram matrices, their diagonals): the
+      statistics of a batch are the sum of those of its row chunks, so with data parallelism
+      each device computes its chunk's and one all-reduce sums every additive layer's
+      (`kfac.distributed_statistics.summed_over_devices`). False: computed on the whole rows.
   """
 
   kind: str
@@ -69,6 +73,7 @@ class CurvatureBlock(NamedTuple):
   update: Callable[[Any, Any, jax.Array], Any]
   invert: Callable[[Any, jax.Array], Any]
   apply: Callable[[Any, jax.Array, jax.Array], jax.Array]
+  additive: bool = False
 
 
 class BlockOptions(NamedTuple):
@@ -83,9 +88,11 @@ class BlockOptions(NamedTuple):
     forms: `(form of A, form of B)`, each in `FACTOR_FORMS`: how the Kronecker-factored blocks
       store each factor (a side above `max_factor_dim` falls back to 'diagonal' or 'identity').
     lowrank_damping: 'pi' or 'exact': the damping of the low-rank blocks ('rsvd', 'brand',
-      'brand_rsvd'; see `kfac.blocks.lowrank`).
+      'brand_rsvd', 'brand_corrected'; see `kfac.blocks.lowrank`).
     brand_max_rows: 0, or the most rows a Brand update takes: a batch with more is compressed
       to this many by a Gaussian sketch (unbiased; `kfac.lowrank.sketch_rows`).
+    correction_fraction: the share of each basis' columns that 'brand_corrected' corrects on an
+      inverse step (`round(fraction r + 1)` columns).
   """
 
   dtype: Any = jnp.float32
@@ -96,6 +103,7 @@ class BlockOptions(NamedTuple):
   forms: Tuple[str, str] = ('full', 'full')
   lowrank_damping: str = 'pi'
   brand_max_rows: int = 0
+  correction_fraction: float = 0.2
 
 
 class UnsupportedLayer(ValueError):

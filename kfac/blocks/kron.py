@@ -176,7 +176,7 @@ def make_kron_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions,
     return apply_cache(state.cache, grad.astype(options.dtype), damping).astype(grad.dtype)
 
   return CurvatureBlock(kind=kind, init=init, statistics=statistics, update=update,
-                        invert=invert, apply=apply)
+                        invert=invert, apply=apply, additive=True)
 
 
 def make_eigh_block(dim_a: int, dim_b: int, options: BlockOptions, kind: str = 'eigh'

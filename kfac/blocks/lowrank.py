@@ -1,4 +1,5 @@
-"""Low-rank curvature blocks: 'rsvd' (RS-KFAC), 'brand' (B-KFAC), 'brand_rsvd' (B-R-KFAC).
+"""Low-rank curvature blocks: 'rsvd' (RS-KFAC), 'brand' (B-KFAC), 'brand_rsvd' (B-R-KFAC),
+'brand_corrected' (B-KFAC-c).
 
 Puiu's fast K-FAC inverses (RS-KFAC, arXiv 2206.15397; "Brand New K-FACs", arXiv 2210.08494)
 replace the `eigh` of each Kronecker factor (cubic in its side `d`) by a rank-`r` decomposition
@@ -12,6 +13,13 @@ replace the `eigh` of each Kronecker factor (cubic in its side `d`) by a rank-`r
 * 'brand_rsvd': 'brand' on statistics steps, plus the full averages; on inverse steps the
   decomposition is overwritten by a randomised one of the full average, which cancels the
   drift. Use it with a long `inverse_update_every`.
+* 'brand_corrected' (B-KFAC-c, the seed's "correction" of the B-update): 'brand' on statistics
+  steps, plus the full averages; on inverse steps a random fraction of the basis' columns
+  (`BlockOptions.correction_fraction`, 0.2 as in the author's B-R-C code, plus one column) is
+  replaced by the Rayleigh-Ritz pairs of the full average on their span, `O(d^2 k)` for `k`
+  columns: cheaper than a re-decomposition, cancelling the drift on a share of the modes at a
+  time. The author's code corrects every 5 statistics steps: `inverse_update_every = 5
+  cov_update_every`.
 
 Damping (`BlockOptions.lowrank_damping`): 'pi' (default; per factor, the form of RS-KFAC's apply)
 `(A + d_A I)^-1 G (B + d_B I)^-1` with the split of `kfac.blocks.kron.pi_damping` from the exact
@@ -28,9 +36,12 @@ Brand's update pays off only while a batch adds few rows: its small eigenproblem
 compressed to `m` rows by an unbiased Gaussian sketch first (`kfac.lowrank.sketch_rows`; the
 traces and the full averages of 'brand_rsvd' use the exact rows).
 
-Statistics: 'rsvd' keeps Gram matrices (additive over examples: under data parallelism they are
-averaged like the 'eigh' block's); 'brand' and 'brand_rsvd' keep the rows `X` themselves, which
-must be concatenated across devices instead (`gather_rows_over_devices`).
+Statistics: 'rsvd' keeps Gram matrices (additive over examples: under data parallelism each
+device forms its rows' and one all-reduce sums them with the other additive blocks',
+`kfac.curvature.block_statistics`); 'brand' and 'brand_rsvd' keep the rows `X` themselves, which
+are concatenated across devices instead: in a jitted step over a sharded batch XLA gathers the
+row chunks and every device runs the same Brand update (inside a `shard_map` with per-device
+valid counts, `gather_rows_over_devices` does the same).
 """
 
 from __future__ import annotations
@@ -51,7 +62,8 @@ class LowRankState(NamedTuple):
   """State of a low-rank block.
 
   Attributes:
-    factor_a, factor_b: the `[d, d]` averages ('rsvd', 'brand_rsvd'); None for 'brand'.
+    factor_a, factor_b: the `[d, d]` averages ('rsvd', 'brand_rsvd', 'brand_corrected'); None
+      for 'brand'.
     eigen_a, eigen_b: `LowRankEigen` (basis `[d, r]`, values `[r]`) of each average.
     mean_a, mean_b: `[]`, `tr F / d` of each average (exact, for pi).
     key: PRNG key of the randomised decompositions and row sketches, split on each use.
@@ -92,7 +104,7 @@ def gather_rows_over_devices(rows: jax.Array, num_valid: jax.Array, axis_name: s
   """The global batch's rows for Brand's update under data parallelism (inside `shard_map`).
 
   Device `d`'s rows `X_d [n, dim]` give its mean factor `F_d = X_d^T X_d` over `n_d` valid
-  examples; the global factor `sum_d n_d F_d / sum_d n_d` (kfac.distributed's equation (1)) is
+  examples; the global factor `sum_d n_d F_d / sum_d n_d` (`kfac.distributed_statistics`' equation (2)) is
   `X^T X` for `X = concat_d(sqrt(n_d / sum n) X_d)` `[D n, dim]`: rows are concatenated, not
   averaged (the 'brand' statistics are rows, not additive like Gram matrices).
   """
@@ -101,9 +113,11 @@ def gather_rows_over_devices(rows: jax.Array, num_valid: jax.Array, axis_name: s
 
 
 def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions, *,
-                        brand: bool, rsvd: bool) -> CurvatureBlock:
-  """A low-rank block: Brand updates on statistics steps (`brand`), and/or full averages with
-  a randomised re-decomposition on inverse steps (`rsvd`)."""
+                        brand: bool, refresh: Optional[str]) -> CurvatureBlock:
+  """A low-rank block: Brand updates on statistics steps (`brand`), and/or full averages with,
+  on inverse steps, a randomised re-decomposition (`refresh='rsvd'`) or B-KFAC-c's correction of
+  some of the basis' columns (`refresh='correct'`, `kfac.lowrank.corrected`)."""
+  rsvd = refresh is not None  # Keeps the [d, d] averages.
   damping_form = options.lowrank_damping
   if damping_form not in LOWRANK_DAMPINGS:
     raise ValueError(f'lowrank_damping must be one of {LOWRANK_DAMPINGS}; got {damping_form!r}')
@@ -157,13 +171,16 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
       return state
     key, key_a, key_b = jax.random.split(state.key, 3)
 
-    def decompose(factor, key):
+    def decompose(eigen, factor, key):
+      if refresh == 'correct':
+        num_columns = round(options.correction_fraction * eigen.values.shape[0] + 1)
+        return lowrank.corrected(eigen, factor, key, num_columns, options.eigh_dtype)
       return lowrank.randomized_eigh(factor, options.rank, key, options.oversampling,
                                      options.power_iterations, options.eigh_dtype)
 
-    return state._replace(eigen_a=decompose(state.factor_a, key_a),
-                          eigen_b=decompose(state.factor_b, key_b), key=key,
-                          decomposed=jnp.asarray(True))
+    return state._replace(eigen_a=decompose(state.eigen_a, state.factor_a, key_a),
+                          eigen_b=decompose(state.eigen_b, state.factor_b, key_b), key=key,
+                          decomposed=state.decomposed if brand else jnp.asarray(True))
 
   def apply(state: LowRankState, grad: jax.Array, damping: jax.Array) -> jax.Array:
     matrix = grad.astype(dtype)
@@ -175,20 +192,28 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
     return jnp.where(state.decomposed, result, matrix).astype(grad.dtype)
 
   return CurvatureBlock(kind=kind, init=init, statistics=statistics, update=update,
-                        invert=invert, apply=apply)
+                        invert=invert, apply=apply, additive=not brand)
 
 
 def make_rsvd_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
   """RS-KFAC: full averages, randomised rank-`options.rank` eigendecompositions on inverse steps."""
-  return _make_lowrank_block('rsvd', dim_a, dim_b, options, brand=False, rsvd=True)
+  return _make_lowrank_block('rsvd', dim_a, dim_b, options, brand=False, refresh='rsvd')
 
 
 def make_brand_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
   """B-KFAC: rank-`options.rank` decompositions of the averages, Brand-updated from the rows."""
-  return _make_lowrank_block('brand', dim_a, dim_b, options, brand=True, rsvd=False)
+  return _make_lowrank_block('brand', dim_a, dim_b, options, brand=True, refresh=None)
 
 
 def make_brand_rsvd_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
   """B-R-KFAC: Brand updates on statistics steps, randomised re-decompositions of the full
   averages on inverse steps."""
-  return _make_lowrank_block('brand_rsvd', dim_a, dim_b, options, brand=True, rsvd=True)
+  return _make_lowrank_block('brand_rsvd', dim_a, dim_b, options, brand=True, refresh='rsvd')
+
+
+def make_brand_corrected_block(dim_a: int, dim_b: int, options: BlockOptions) -> CurvatureBlock:
+  """B-KFAC-c: Brand updates on statistics steps, plus the full averages; on inverse steps a
+  random `options.correction_fraction` of each basis' columns (and one more) is corrected by
+  Rayleigh-Ritz against the full average (`kfac.lowrank.corrected`)."""
+  return _make_lowrank_block('brand_corrected', dim_a, dim_b, options, brand=True,
+                             refresh='correct')

@@ -104,4 +104,4 @@ def make_mac_input_block(dim_a: int, dim_b: int, options: BlockOptions) -> Curva
     return jnp.where(state.damping > 0, solved, grad).astype(grad.dtype)
 
   return CurvatureBlock(kind='mac_input', init=init, statistics=statistics, update=update,
-                        invert=invert, apply=apply)
+                        invert=invert, apply=apply, additive=True)
