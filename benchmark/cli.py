@@ -1,4 +1,5 @@
-"""`kfac-bench`: run submissions on workloads, report leaderboards, describe workloads.
+"""`kfac-bench`: run submissions on workloads, report leaderboards, describe workloads, write
+each submission's fastest trial of a study as its tuned point.
 
   kfac-bench run --workload=ogbg_small --framework=jax \
       --submission_path=submissions/ogbg_molpcba/nesterov.py \
@@ -8,6 +9,7 @@
       [--score=upstream] [--comparison=comparison.json]
   kfac-bench describe --workload=ogbg --format=json
   kfac-bench build-data --workload=ogbg
+  kfac-bench tuned experiments/study_small [--out=tuning_search_spaces]   # fastest trials
 
 Flags are named like upstream AlgoPerf's `submission_runner.py`; workload names are upstream's
 (`ogbg`, `imagenet_vit`, `cifar` for the full configs) or variants `<base>_<config>`
@@ -25,7 +27,7 @@ from absl import app, flags
 
 from contract.errors import BenchmarkError
 
-COMMANDS = ('run', 'report', 'describe', 'build-data')
+COMMANDS = ('run', 'report', 'describe', 'build-data', 'tuned')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workload', None, 'Workload: ogbg, imagenet_vit, cifar (full configs) or a '
@@ -77,7 +79,8 @@ flags.DEFINE_integer('num_processes', None, 'Several processes: how many (see '
 flags.DEFINE_integer('process_id', None, 'Several processes: this one\'s index, 0 writes files.')
 flags.DEFINE_enum('format', 'markdown', ['markdown', 'json'], 'Output format of report/describe.')
 flags.DEFINE_string('out', None, 'report: also write report.md, report.html (self-contained), '
-                    'report.json (the full report) and the PNG plots to this folder.')
+                    'report.json (the full report) and the PNG plots to this folder; tuned: the '
+                    'search-space root to write into (default tuning_search_spaces).')
 flags.DEFINE_boolean('json_full', False, 'report: print the full report object as JSON.')
 flags.DEFINE_enum('score', 'ours', ['ours', 'upstream'], 'report: the score method; upstream '
                   'computes it exactly as AlgoPerf\'s scoring/performance_profile.py.')
@@ -204,6 +207,19 @@ def cmd_build_data(args: List[str]) -> int:
   return 0
 
 
+def cmd_tuned(args: List[str]) -> int:
+  from benchmark import tuned_points
+  if len(args) != 1:
+    raise BenchmarkError('usage: kfac-bench tuned EXPERIMENT_DIR [--out=SEARCH_SPACES_DIR]')
+  written, missing = tuned_points.write_tuned_points(args[0], FLAGS.out or 'tuning_search_spaces')
+  for (workload, submission), path, summary in written:
+    print(f'{workload} {submission}: {path} (steps {summary.get("steps_to_target")}, '
+          f'{summary["seconds_to_target"]:.1f} s, {summary.get("trial_dir")})')
+  for workload, submission in missing:
+    print(f'{workload} {submission}: no trial reached the target; its point is unchanged')
+  return 0
+
+
 def _log(message: str) -> None:
   """Prints on process 0 (the only one of a single-process run)."""
   from benchmark import hosts
@@ -217,7 +233,7 @@ def main(argv: List[str]) -> int:
     raise BenchmarkError(f'unknown command {given!r}; use one of: {", ".join(COMMANDS)}')
   command, args = argv[1], argv[2:]
   handlers = {'run': cmd_run, 'report': cmd_report, 'describe': cmd_describe,
-              'build-data': cmd_build_data}
+              'build-data': cmd_build_data, 'tuned': cmd_tuned}
   return handlers[command](args)
 
 
