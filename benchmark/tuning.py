@@ -142,12 +142,20 @@ def _first_primes(n: int) -> List[int]:
   return primes
 
 
-def scrambled_halton(num_points: int, num_dims: int, seed: int) -> np.ndarray:
-  """The first `num_points` points of a `num_dims`-dimensional scrambled Halton sequence.
+HALTON_SKIP = 100  # Upstream's `halton.generate_sequence` default.
+
+
+def scrambled_halton(num_points: int, num_dims: int, seed: int, skip: int = HALTON_SKIP,
+                     shift: bool = True) -> np.ndarray:
+  """`num_points` points of a `num_dims`-dimensional scrambled, shifted Halton sequence, as
+  upstream AlgoPerf's `halton.generate_sequence` draws them (skip and per-dimension shift).
 
   Dimension d uses the d-th prime base b and a seeded random permutation `perm_d` of the digits
   {0..b-1} with `perm_d[0] = 0` (so the expansion stays finite); point i (counted from 1) is
-  `sum_k perm_d(digit_k(i)) b^-(k+1)`.
+  `(sum_k perm_d(digit_k(i)) b^-(k+1) + shift_d) mod 1`, for `i = skip + 1, skip + 2, ...`, with
+  `shift_d` uniform in [0, 1) (Cranley-Patterson rotation). Without skip and shift the first
+  point of a study could take only `b - 1` values per dimension (always 1/2 in base 2): a study
+  of one trial drew the middle of its first hyperparameter's range whatever the seed.
 
   Returns:
     `[num_points, num_dims]` float64 in [0, 1).
@@ -156,13 +164,14 @@ def scrambled_halton(num_points: int, num_dims: int, seed: int) -> np.ndarray:
   points = np.zeros((num_points, num_dims))
   for d, base in enumerate(_first_primes(num_dims)):
     perm = np.concatenate([[0], 1 + rng.permutation(base - 1)])
+    offset = rng.random_sample() if shift else 0.0
     for i in range(num_points):
-      index, scale, value = i + 1, 1.0 / base, 0.0
+      index, scale, value = skip + i + 1, 1.0 / base, 0.0
       while index > 0:
         index, digit = divmod(index, base)
         value += perm[digit] * scale
         scale /= base
-      points[i, d] = value
+      points[i, d] = math.fmod(value + offset, 1.0)
   return points
 
 

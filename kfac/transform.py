@@ -82,8 +82,9 @@ def precondition(apply_fn: Callable[..., jax.Array], *,
       (unjitted) Flax apply over the same parameter tree the optimiser updates.
     sample_apply_kwargs: `apply_kwargs` for the trace at init (arrays or shapes), if `apply_fn`
       needs any.
-    mesh: the data-parallel mesh (axis `'batch'`) of the train step, if any: the inverse step
-      spreads the layers' decompositions over its devices (`kfac.curvature.CurvatureConfig`).
+    mesh: the data-parallel mesh (axis `'batch'`) of the train step, if any: the statistics
+      step sums the layers' Gram matrices with one all-reduce and the inverse step spreads the
+      layers' decompositions over its devices (`kfac.curvature.CurvatureConfig`).
     **options: `kfac.plan.PreconditionOptions`; `loss` and `sample_inputs` are required.
 
   Returns:

@@ -46,11 +46,11 @@ def _radical_inverse(i, base, perm):
 
 
 def test_unscrambled_structure_and_determinism():
-  points = tuning.scrambled_halton(50, 3, seed=7)
+  points = tuning.scrambled_halton(50, 3, seed=7, skip=0, shift=False)
   assert points.shape == (50, 3)
   assert np.all((points >= 0) & (points < 1))
-  np.testing.assert_array_equal(points, tuning.scrambled_halton(50, 3, seed=7))
-  assert not np.array_equal(points, tuning.scrambled_halton(50, 3, seed=8))
+  np.testing.assert_array_equal(points, tuning.scrambled_halton(50, 3, seed=7, skip=0, shift=False))
+  assert not np.array_equal(points, tuning.scrambled_halton(50, 3, seed=8, skip=0, shift=False))
   # Base-2 dimension: the only digit permutation fixing 0 is the identity -> van der Corput.
   np.testing.assert_allclose(points[:, 0], [_radical_inverse(i + 1, 2, [0, 1]) for i in range(50)])
   # Every dimension is a permutation-scrambled radical inverse: low discrepancy in 1-D means the
@@ -59,6 +59,22 @@ def test_unscrambled_structure_and_determinism():
     first = points[:base**2 - 1, dim]
     cells = np.floor(first * base**2 + 1e-9).astype(int)
     assert len(set(cells)) == len(cells)
+
+
+def test_skip_and_shift_make_a_one_trial_study_draw_uniformly():
+  """Upstream's skip and per-dimension shift: the first point of a study, over seeds, is spread
+  over [0, 1) in every dimension (unshifted it took b - 1 values, always 1/2 in base 2)."""
+  first = np.array([tuning.scrambled_halton(1, 3, seed=seed)[0] for seed in range(300)])
+  assert np.all((first >= 0) & (first < 1))
+  for dim in range(3):
+    counts = np.histogram(first[:, dim], bins=10, range=(0, 1))[0]
+    assert counts.min() >= 15, (dim, counts)  # 30 expected per bin.
+  shifted = tuning.scrambled_halton(40, 2, seed=5, skip=0)
+  unshifted = tuning.scrambled_halton(40, 2, seed=5, skip=0, shift=False)
+  offsets = np.mod(shifted - unshifted, 1.0)  # The same rotation for every point of a dimension.
+  np.testing.assert_allclose(offsets, np.broadcast_to(offsets[:1], offsets.shape), atol=1e-12)
+  np.testing.assert_array_equal(tuning.scrambled_halton(5, 2, seed=5, skip=3, shift=False),
+                                unshifted[3:8])
 
 
 def test_generate_trials_maps_ranges_and_choices():

@@ -104,8 +104,8 @@ def gather_rows_over_devices(rows: jax.Array, num_valid: jax.Array, axis_name: s
   """The global batch's rows for Brand's update under data parallelism (inside `shard_map`).
 
   Device `d`'s rows `X_d [n, dim]` give its mean factor `F_d = X_d^T X_d` over `n_d` valid
-  examples; the global factor `sum_d n_d F_d / sum_d n_d` (`kfac.distributed_statistics`' equation (2)) is
-  `X^T X` for `X = concat_d(sqrt(n_d / sum n) X_d)` `[D n, dim]`: rows are concatenated, not
+  examples; the global factor `sum_d n_d F_d / sum_d n_d` (`kfac.distributed_statistics`,
+  equation (2)) is `X^T X` for `X = concat_d(sqrt(n_d / sum n) X_d)` `[D n, dim]`: rows are concatenated, not
   averaged (the 'brand' statistics are rows, not additive like Gram matrices).
   """
   share = num_valid.astype(rows.dtype) / jax.lax.psum(num_valid, axis_name).astype(rows.dtype)
@@ -117,18 +117,19 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
   """A low-rank block: Brand updates on statistics steps (`brand`), and/or full averages with,
   on inverse steps, a randomised re-decomposition (`refresh='rsvd'`) or B-KFAC-c's correction of
   some of the basis' columns (`refresh='correct'`, `kfac.lowrank.corrected`)."""
-  rsvd = refresh is not None  # Keeps the [d, d] averages.
+  keeps_full = refresh is not None  # Keeps the [d, d] averages.
   damping_form = options.lowrank_damping
   if damping_form not in LOWRANK_DAMPINGS:
     raise ValueError(f'lowrank_damping must be one of {LOWRANK_DAMPINGS}; got {damping_form!r}')
-  if rsvd and tuple(options.forms) != ('full', 'full'):
+  if keeps_full and tuple(options.forms) != ('full', 'full'):
     raise UnsupportedLayer(f'{kind!r} keeps both [d, d] factors; got forms {options.forms}')
   dtype = options.dtype
 
   def init() -> LowRankState:
-    full = (lambda dim: jnp.zeros([dim, dim], dtype)) if rsvd else (lambda dim: None)
+    square = (lambda dim: jnp.zeros([dim, dim], dtype)) if keeps_full else (lambda dim: None)
     zero = jnp.zeros([], dtype)
-    return LowRankState(full(dim_a), full(dim_b), lowrank.empty_eigen(dim_a, options.rank, dtype),
+    return LowRankState(square(dim_a), square(dim_b),
+                        lowrank.empty_eigen(dim_a, options.rank, dtype),
                         lowrank.empty_eigen(dim_b, options.rank, dtype), zero, zero,
                         jax.random.PRNGKey(0), jnp.asarray(False))
 
@@ -149,12 +150,12 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
     def average(old, new):
       return (1 - weight) * old + weight * new
 
-    grams = tuple(rows.T @ rows for rows in stats) if brand and rsvd else stats
+    grams = tuple(rows.T @ rows for rows in stats) if brand and keeps_full else stats
     traces = tuple(jnp.sum(jnp.square(rows)) for rows in stats) if brand else tuple(
         jnp.trace(matrix) for matrix in stats)
     new = dict(mean_a=average(state.mean_a, traces[0] / dim_a),
                mean_b=average(state.mean_b, traces[1] / dim_b))
-    if rsvd:
+    if keeps_full:
       new.update(factor_a=average(state.factor_a, grams[0]),
                  factor_b=average(state.factor_b, grams[1]))
     if brand:
@@ -167,7 +168,7 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
 
   def invert(state: LowRankState, damping: jax.Array) -> LowRankState:
     del damping  # Enters at apply time.
-    if not rsvd:
+    if not keeps_full:
       return state
     key, key_a, key_b = jax.random.split(state.key, 3)
 
