@@ -216,6 +216,7 @@ def main(argv: Sequence[str]) -> None:
                                                                   FLAGS.rows))
     repeats = FLAGS.repeats
   output_dir = FLAGS.output_dir or (tempfile.mkdtemp() if FLAGS.quick else 'docs')
+  os.makedirs(output_dir, exist_ok=True)  # Before the timings: a bad path fails first.
   results = run_all(FLAGS.methods, dims, ranks, rows, repeats)
   command = 'python scripts/bench_inverses.py' + (' --quick' if FLAGS.quick else '')
   with open(os.path.join(output_dir, 'bench_inverses.md'), 'w') as file:
