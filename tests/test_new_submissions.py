@@ -30,7 +30,7 @@ from submissions import kfac_submission
 from tests.test_submissions_upstream_api import FOLDER_WORKLOADS, hyperparameters_of
 
 NEW_SUBMISSIONS = ('kfac_reduce_brand', 'kfac_reduce_rsvd', 'kfac_expand_brand', 'mac')
-BRAND_METHODS = ('brand', 'brand_rsvd')
+BRAND_METHODS = ('brand', 'brand_rsvd', 'brand_corrected')
 
 
 class Trained(NamedTuple):
@@ -116,7 +116,11 @@ def test_new_submission_builds_the_blocks_it_is_named_for(folder, name):
   counts = statistics_rows(workload, params, model_state, batch,
                            {row.layer: row.flavour for row in rows})
   for row in rows:
-    dims = map(int, re.search(r'G \[(\d+), (\d+)\]', row.factors).groups())
+    # 'brand' reports the gradient matrix `G [d_a, d_b]`; the blocks that also keep the full
+    # averages ('brand_rsvd', ...) report the factors `A [d_a, d_a] full, B [d_b, d_b] full`.
+    found = (re.search(r'G \[(\d+), (\d+)\]', row.factors)
+             or re.search(r'A \[(\d+), \d+\].*B \[(\d+), \d+\]', row.factors))
+    dims = map(int, found.groups())
     expected = [f'{side}: {note}' for side, note in zip('AB', (
         brand_rows_note(dim, hyperparameters.inverse_rank, count)
         for dim, count in zip(dims, counts[row.layer]))) if note]
