@@ -208,10 +208,10 @@ def cmd_build_data(args: List[str]) -> int:
 
 
 def cmd_tuned(args: List[str]) -> int:
-  from benchmark import tuned_points
+  from benchmark import jobs, tuned_points
   if len(args) != 1:
     raise BenchmarkError('usage: kfac-bench tuned EXPERIMENT_DIR [--out=SEARCH_SPACES_DIR]')
-  written, missing = tuned_points.write_tuned_points(args[0], FLAGS.out or 'tuning_search_spaces')
+  written, missing = tuned_points.write_tuned_points(args[0], FLAGS.out or jobs.SEARCH_SPACE_DIR)
   for (workload, submission), path, summary in written:
     print(f'{workload} {submission}: {path} (steps {summary.get("steps_to_target")}, '
           f'{summary["seconds_to_target"]:.1f} s, {summary.get("trial_dir")})')

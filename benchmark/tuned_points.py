@@ -22,6 +22,11 @@ Summary = Dict[str, Any]
 Key = Tuple[str, str]  # (workload base name, submission name)
 
 
+def _rank(summary: Summary) -> Tuple[float, int]:
+  """Sort key of a trial on target: submission seconds to the target, then steps."""
+  return summary['seconds_to_target'], summary.get('steps_to_target') or 0
+
+
 def fastest_trials(summaries: List[Summary]) -> Tuple[Dict[Key, Summary], List[Key]]:
   """`({(workload, submission): fastest trial on target}, [keys with no trial on target])`."""
   best: Dict[Key, Summary] = {}
@@ -34,9 +39,7 @@ def fastest_trials(summaries: List[Summary]) -> Tuple[Dict[Key, Summary], List[K
       seen.append(key)
     if summary.get('seconds_to_target') is None:
       continue
-    rank = (summary['seconds_to_target'], summary.get('steps_to_target') or 0)
-    if key not in best or rank < (best[key]['seconds_to_target'],
-                                  best[key].get('steps_to_target') or 0):
+    if key not in best or _rank(summary) < _rank(best[key]):
       best[key] = summary
   return best, [key for key in seen if key not in best]
 

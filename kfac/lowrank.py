@@ -139,6 +139,12 @@ def brand_update(eigen: LowRankEigen, rows: jax.Array, weight: jax.Array,
   return LowRankEigen((q @ vectors).astype(dtype), new_values.astype(dtype))
 
 
+def correction_columns(rank: int, fraction: float) -> int:
+  """How many of `rank` basis columns B-KFAC-c corrects at a time: `round(fraction rank + 1)`
+  (Puiu's B-R-C code), at most `rank`."""
+  return min(round(fraction * rank + 1), rank)
+
+
 def corrected(eigen: LowRankEigen, matrix: jax.Array, key: jax.Array, num_columns: int,
               eigh_dtype: Any = jnp.float32) -> LowRankEigen:
   """B-KFAC-c's correction: `num_columns` columns of the basis, drawn uniformly without

@@ -104,7 +104,7 @@ def update_program(method: str, dim: int, rank: Optional[int], num_rows: int
     return (lambda e, x: lowrank.brand_update(e, x, EMA_WEIGHT)), (eigen, rows)
   if method == 'correction':
     eigen = lowrank.randomized_eigh(factor, rank, keys[2])
-    columns = round(options.correction_fraction * eigen.values.shape[0] + 1)
+    columns = lowrank.correction_columns(eigen.values.shape[0], options.correction_fraction)
     return (lambda e, f, x, key: lowrank.corrected(e, average(f, x), key, columns)), (
         eigen, factor, rows, keys[2])
   raise ValueError(f'unknown method {method!r}')

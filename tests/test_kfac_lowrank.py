@@ -252,12 +252,18 @@ def test_brand_block_keeps_no_square_matrix():
   assert not any(len(shape) == 2 and shape[0] == shape[1] for shape in shapes), shapes
 
 
-def test_brand_rsvd_inverse_cancels_the_truncation_drift():
+def drifting_batches():
+  """10 batches of 6 rows for a 40-wide A and a 5-wide B, their EMA weights and A's dense
+  average: at rank 6, Brand's truncated updates drift from the average."""
   rng = np.random.default_rng(7)
   batches_a = row_batches(rng, 40, rows=6, count=10)
   batches_b = row_batches(rng, 5, rows=6, count=10)
   weights = ema_weights(10)
-  average = dense_average(batches_a, weights)
+  return batches_a, batches_b, weights, dense_average(batches_a, weights)
+
+
+def test_brand_rsvd_inverse_cancels_the_truncation_drift():
+  batches_a, batches_b, weights, average = drifting_batches()
   best = np.linalg.eigh(average)
   best = (best[1][:, -6:] * best[0][-6:]) @ best[1][:, -6:].T
   options = BlockOptions(rank=6, oversampling=10, power_iterations=3)
@@ -275,11 +281,7 @@ def test_brand_correction_cancels_the_drift_on_the_basis_span():
   its corrections on inverse steps make it 0 with every column corrected, and smaller with 20 %.
   (Measured here: the damped inverse improves by less than 0.2 %, as the rank-6 truncation of
   the 40-wide factor dominates its error.)"""
-  rng = np.random.default_rng(7)
-  batches_a = row_batches(rng, 40, rows=6, count=10)
-  batches_b = row_batches(rng, 5, rows=6, count=10)
-  weights = ema_weights(10)
-  average = dense_average(batches_a, weights)
+  batches_a, batches_b, weights, average = drifting_batches()
 
   def span_error(kind, fraction):
     state = run_block(make_block(kind, 40, 5, BlockOptions(rank=6, correction_fraction=fraction)),

@@ -92,7 +92,7 @@ class BlockOptions(NamedTuple):
     brand_max_rows: 0, or the most rows a Brand update takes: a batch with more is compressed
       to this many by a Gaussian sketch (unbiased; `kfac.lowrank.sketch_rows`).
     correction_fraction: the share of each basis' columns that 'brand_corrected' corrects on an
-      inverse step (`round(fraction r + 1)` columns).
+      inverse step (`kfac.lowrank.correction_columns`).
   """
 
   dtype: Any = jnp.float32

@@ -174,7 +174,8 @@ def _make_lowrank_block(kind: str, dim_a: int, dim_b: int, options: BlockOptions
 
     def decompose(eigen, factor, key):
       if refresh == 'correct':
-        num_columns = round(options.correction_fraction * eigen.values.shape[0] + 1)
+        num_columns = lowrank.correction_columns(eigen.values.shape[0],
+                                                 options.correction_fraction)
         return lowrank.corrected(eigen, factor, key, num_columns, options.eigh_dtype)
       return lowrank.randomized_eigh(factor, options.rank, key, options.oversampling,
                                      options.power_iterations, options.eigh_dtype)
